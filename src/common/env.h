@@ -1,0 +1,27 @@
+// Every environment variable mpserve reads is declared here, in one place (STYLE.md).
+#pragma once
+
+#include <optional>
+#include <string>
+
+namespace mpserve::env {
+
+// Log level: debug | info | warn | error | off (default info).
+inline constexpr const char* kLogLevel = "MPSERVE_LOG_LEVEL";
+// Cache directory for the embedded default model; else $XDG_CACHE_HOME/mpserve, else ~/.cache/mpserve.
+inline constexpr const char* kCacheDir = "MPSERVE_CACHE_DIR";
+inline constexpr const char* kXdgCacheHome = "XDG_CACHE_HOME";
+inline constexpr const char* kHome = "HOME";
+// Directory holding the source tokenizer.json / tokenizer_config.json that make-model copies.
+inline constexpr const char* kTokenizerDir = "MPSERVE_TOKENIZER_DIR";
+// MPS client environment (set by the supervisor for each engine, read by the CUDA driver).
+inline constexpr const char* kMpsPipeDir = "CUDA_MPS_PIPE_DIRECTORY";
+inline constexpr const char* kMpsLogDir = "CUDA_MPS_LOG_DIRECTORY";
+inline constexpr const char* kMpsActiveThreadPct = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
+inline constexpr const char* kMpsPinnedMemLimit = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT";
+inline constexpr const char* kCudaVisibleDevices = "CUDA_VISIBLE_DEVICES";
+
+std::optional<std::string> get(const char* name);
+std::string get_string(const char* name, const std::string& fallback);
+
+}  // namespace mpserve::env

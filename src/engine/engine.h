@@ -1,0 +1,88 @@
+// The engine: requests in, tokens and text out. One thread drives step(); nothing here knows
+// HTTP, JSON or CUDA. step() = schedule, run the backend, post-process (nano-vllm's shape).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "common/status.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mpserve::engine {
+
+struct EngineOptions {
+  backend::BackendOptions backend;  // device, block size, limits, ablation
+  bool enable_chunked_prefill = true;
+  bool enable_prefix_caching = true;
+  int max_waiting = 4096;         // add_request fails beyond this many queued requests
+  int64_t step_cpu_us = 0;        // study knob: busy-wait this long on the host every step
+};
+
+enum class FinishReason { kNone, kStop, kLength, kAborted };
+const char* finish_reason_name(FinishReason r);  // "stop" | "length" | "abort" | ""
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;          // token ids, already templated
+  backend::SamplingParams sampling;
+  int32_t max_tokens = 16;
+  std::vector<int32_t> stop_token_ids;  // in addition to the model's eos ids
+  std::vector<std::string> stop;        // stop strings; matched text is not returned
+  bool ignore_eos = false;
+  bool skip_special_tokens = true;
+  bool want_logits = false;             // tests: keep the logits of every sampled position
+};
+
+// What one step produced for one request.
+struct RequestOutput {
+  uint64_t request_id = 0;
+  std::vector<int32_t> new_tokens;
+  std::string new_text;                 // UTF-8 complete; held back while it may start a stop string
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  std::vector<float> logits;            // [new_tokens.size(), vocab] when want_logits
+};
+
+struct EngineStats {
+  int32_t num_running = 0;
+  int32_t num_waiting = 0;
+  int32_t kv_blocks_total = 0;
+  int32_t kv_blocks_used = 0;
+  int64_t num_preemptions = 0;
+  int64_t prompt_tokens_total = 0;
+  int64_t generation_tokens_total = 0;
+  int64_t prefix_cache_hit_tokens = 0;
+  int64_t steps = 0;
+  double last_step_ms = 0;
+};
+
+class Engine {
+ public:
+  // `tokenizer` and `backend` must outlive the engine (the backend is owned).
+  Engine(const EngineOptions& opts, std::unique_ptr<backend::Backend> backend, const tokenizer::Tokenizer& tokenizer);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request. Errors: empty prompt, prompt + max_tokens over max_model_len, prompt that
+  // can never fit the KV cache, bad sampling params, waiting queue full.
+  Result<uint64_t> add_request(GenerationRequest req);
+  // Cancels a request and frees its KV blocks now. Unknown ids are ignored.
+  void abort_request(uint64_t request_id);
+  bool has_unfinished() const;
+  // One scheduling step. Returns outputs of the requests that progressed or finished.
+  std::vector<RequestOutput> step();
+  EngineStats stats() const;
+  const backend::Backend& backend() const;
+  const EngineOptions& options() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mpserve::engine

@@ -1,0 +1,27 @@
+// mpserve: one binary, one subcommand per job (DESIGN.md).
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
+
+namespace mpserve::cli {
+int& exit_code() {
+  static int code = 0;
+  return code;
+}
+}  // namespace mpserve::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"mpserve: co-located small-LLM inference engines on one GPU through NVIDIA MPS"};
+  app.require_subcommand(1);
+  mpserve::cli::add_generate_command(app);
+  mpserve::cli::add_tokenize_command(app);
+  mpserve::cli::add_make_model_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return mpserve::cli::exit_code();
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Copies what the GPU machine needs from a build dir into gpu-pack/ (git-ignored; name it in
+# `carry`). Keeps the carried tree small: binaries stripped, tokenizer files, no objects.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build=${1:-build}
+rm -rf gpu-pack && mkdir -p gpu-pack/share
+for b in mpserve test_cuda; do
+  [ -f "$build/$b" ] && strip -o "gpu-pack/$b" "$build/$b"
+done
+cp -r "$build/share/mpserve" gpu-pack/share/
+ldd gpu-pack/mpserve | grep -vE 'linux-vdso|libc\.so|libm\.so|ld-linux|libpthread|libdl|librt|libcublas|libcudart' && \
+  { echo "pack: unexpected shared library dependency above"; exit 1; } || true
+du -sh gpu-pack

@@ -71,7 +71,8 @@ class Engine {
   // Queues a request. Errors: empty prompt, prompt + max_tokens over max_model_len, prompt that
   // can never fit the KV cache, bad sampling params, waiting queue full.
   Result<uint64_t> add_request(GenerationRequest req);
-  // Cancels a request and frees its KV blocks now. Unknown ids are ignored.
+  // Cancels a request and frees its KV blocks now. Unknown ids are ignored. The next step()
+  // reports it once more, finished with FinishReason::kAborted.
   void abort_request(uint64_t request_id);
   bool has_unfinished() const;
   // One scheduling step. Returns outputs of the requests that progressed or finished.
@@ -79,6 +80,9 @@ class Engine {
   EngineStats stats() const;
   const backend::Backend& backend() const;
   const EngineOptions& options() const;
+  // Aborts with a message when the KV block accounting or the scheduler's queues are
+  // inconsistent (tests call it after every step).
+  void check_invariants() const;
 
  private:
   struct Impl;

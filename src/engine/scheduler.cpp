@@ -1,0 +1,105 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <unordered_set>
+
+#include "common/check.h"
+
+namespace mpserve::engine {
+
+Scheduler::Scheduler(const SchedulerConfig& config, BlockManager* blocks) : config_(config), blocks_(blocks) {
+  MPS_CHECK(config_.max_num_seqs > 0 && config_.max_num_batched_tokens > 0);
+}
+
+void Scheduler::add(Sequence* seq) {
+  MPS_CHECK(seq->status == SeqStatus::kWaiting && seq->block_table.empty());
+  waiting_.push_back(seq);
+}
+
+void Scheduler::remove(Sequence* seq) {
+  if (auto it = std::find(running_.begin(), running_.end(), seq); it != running_.end()) running_.erase(it);
+  if (auto it = std::find(waiting_.begin(), waiting_.end(), seq); it != waiting_.end()) waiting_.erase(it);
+  blocks_->free(*seq);
+}
+
+void Scheduler::insert_running(Sequence* seq) {
+  auto pos = std::upper_bound(running_.begin(), running_.end(), seq,
+                              [](const Sequence* a, const Sequence* b) { return a->arrival < b->arrival; });
+  running_.insert(pos, seq);
+}
+
+void Scheduler::preempt(Sequence* seq, SchedulerOutput* out) {
+  running_.erase(std::find(running_.begin(), running_.end(), seq));
+  blocks_->free(*seq);
+  seq->status = SeqStatus::kWaiting;
+  ++seq->num_preemptions;
+  ++num_preemptions_;
+  waiting_.push_front(seq);
+  out->preempted.push_back(seq);
+}
+
+SchedulerOutput Scheduler::schedule() {
+  SchedulerOutput out;
+  int64_t budget = config_.max_num_batched_tokens;
+  std::unordered_set<const Sequence*> scheduled;
+
+  auto commit = [&](Sequence* seq, int32_t n) {
+    out.scheduled.push_back({seq, n, seq->num_computed + n == seq->num_tokens()});
+    out.num_batched_tokens += n;
+    budget -= n;
+    scheduled.insert(seq);
+  };
+
+  // Running sequences: decodes first, then prefill chunks; arrival order within each group.
+  std::vector<Sequence*> order = running_;
+  std::stable_partition(order.begin(), order.end(), [](const Sequence* s) { return s->num_uncomputed() == 1; });
+  for (Sequence* seq : order) {
+    if (budget <= 0) break;
+    if (seq->status != SeqStatus::kRunning) continue;  // preempted earlier in this loop
+    const int32_t want = seq->num_uncomputed();
+    MPS_CHECK_MSG(want >= 1, "running seq {} has nothing to compute", seq->id);
+    const int32_t n = static_cast<int32_t>(std::min<int64_t>(want, budget));
+    if (n < want && !config_.enable_chunked_prefill) continue;
+    // Fits the KV cache? Make room by preempting the newest sequences not yet scheduled.
+    bool self_preempted = false;
+    while (!blocks_->can_append(*seq, n)) {
+      Sequence* victim = nullptr;
+      for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+        if (*it != seq && !scheduled.count(*it)) {
+          victim = *it;
+          break;
+        }
+      }
+      if (victim == nullptr) {
+        preempt(seq, &out);
+        self_preempted = true;
+        break;
+      }
+      preempt(victim, &out);
+    }
+    if (self_preempted) continue;
+    blocks_->append_slots(*seq, n);
+    commit(seq, n);
+  }
+
+  // Waiting sequences, in order, while nothing was preempted (memory is tight then) and the
+  // head fits both the sequence cap, the token budget and the KV cache.
+  while (out.preempted.empty() && !waiting_.empty() && budget > 0 &&
+         static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
+    Sequence* seq = waiting_.front();
+    const int32_t cached = blocks_->num_cached_tokens(*seq);
+    const int32_t want = seq->num_tokens() - cached;
+    const int32_t n = static_cast<int32_t>(std::min<int64_t>(want, budget));
+    if (n < want && !config_.enable_chunked_prefill) break;  // fits the token budget?
+    if (!blocks_->can_allocate(*seq, n)) break;               // fits the KV cache?
+    waiting_.pop_front();
+    blocks_->allocate(*seq, n);
+    MPS_CHECK(seq->num_computed == cached);
+    seq->status = SeqStatus::kRunning;
+    insert_running(seq);
+    commit(seq, n);
+  }
+  return out;
+}
+
+}  // namespace mpserve::engine

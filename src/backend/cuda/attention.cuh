@@ -1,0 +1,44 @@
+// Paged causal GQA attention for prefill (variable length, chunked: earlier keys come from the
+// cache) and decode (split-K along the sequence, then a reduce).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace mpserve::backend::cuda {
+
+// A work item is a run of consecutive query tokens of one sequence: int32 x4
+// {seq index, first token (flat index into q/positions), number of tokens, unused}.
+// An item holds at most attention_tokens_per_item() tokens (its tokens times the GQA group size
+// fill one block's query rows).
+struct AttentionArgs {
+  const __nv_bfloat16* q = nullptr;        // (T, n_heads*D)
+  const __nv_bfloat16* k_cache = nullptr;  // this layer, (num_blocks, n_kv_heads, block_size, D)
+  const __nv_bfloat16* v_cache = nullptr;
+  __nv_bfloat16* out = nullptr;            // (T, n_heads*D)
+  const int32_t* positions = nullptr;      // (T) position of each query; keys [0, pos] are visible
+  const int32_t* block_tables = nullptr;   // (num_seqs, max_blocks_per_seq)
+  const int32_t* items = nullptr;          // (num_items, 4)
+  int max_blocks_per_seq = 0;
+  int num_items = 0;
+  int num_tokens = 0;  // T
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;    // 64 or 128
+  int block_size = 0;
+  float scale = 0.f;
+  // Split-K: each item's keys are cut into num_splits chunks whose partial results
+  // (partial_o (num_splits, T, n_heads, D), partial_ml (num_splits, T, n_heads, 2) f32) are then
+  // merged. num_splits == 1 writes `out` directly and needs no partial buffers.
+  int num_splits = 1;
+  float* partial_o = nullptr;
+  float* partial_ml = nullptr;
+};
+
+int attention_tokens_per_item(int n_heads, int n_kv_heads);
+
+void paged_attention(const AttentionArgs& a, cudaStream_t stream);
+
+}  // namespace mpserve::backend::cuda

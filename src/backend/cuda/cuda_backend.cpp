@@ -1,0 +1,598 @@
+// The CUDA backend: bf16 weights and KV cache, cuBLASLt GEMMs, own kernels for the rest, CUDA
+// graphs for decode-only steps.
+#include "backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "backend/cuda/activation.cuh"
+#include "backend/cuda/attention.cuh"
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/device_memory.h"
+#include "backend/cuda/embedding.cuh"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/qkv_rope.cuh"
+#include "backend/cuda/rms_norm.cuh"
+#include "backend/cuda/sampler.cuh"
+#include "backend/cuda/weights_upload.h"
+#include "common/check.h"
+#include "common/log.h"
+
+namespace mpserve::backend::cuda {
+namespace {
+
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+// note: device memory this process uses outside its counted allocations (CUDA context, loaded
+// modules, cuBLASLt internals, graph executables). Counted against gpu_memory_fraction.
+constexpr size_t kUncountedReserveBytes = size_t{768} << 20;
+// Left free on the device after the KV cache is allocated, whatever the fraction allows.
+constexpr size_t kFreeMarginBytes = size_t{256} << 20;
+constexpr int kMaxSplits = 16;
+constexpr int kMinKeysPerSplit = 256;
+
+size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+
+// One pinned host buffer and its device twin holding every per-step input at fixed offsets, so
+// a step needs one cudaMemcpyAsync and captured graphs read fixed addresses. The block tables
+// come last: a step copies only the rows it uses.
+struct StagingLayout {
+  size_t tokens = 0;        // int32 (max_tokens)
+  size_t positions = 0;     // int32 (max_tokens)
+  size_t slots = 0;         // int32 (max_tokens) KV slot per token, -1 for padding
+  size_t sample_rows = 0;   // int32 (max_seqs) token index of each sampled position
+  size_t items = 0;         // int32x4 (max_tokens) attention work items
+  size_t params = 0;        // SampleParamsDev (max_seqs)
+  size_t block_tables = 0;  // int32 (max_seqs, max_blocks)
+  size_t total = 0;
+
+  StagingLayout(int max_tokens, int max_seqs, int max_blocks) {
+    size_t o = 0;
+    auto take = [&](size_t bytes) {
+      const size_t at = o;
+      o = align16(o + bytes);
+      return at;
+    };
+    tokens = take(4 * size_t(max_tokens));
+    positions = take(4 * size_t(max_tokens));
+    slots = take(4 * size_t(max_tokens));
+    sample_rows = take(4 * size_t(max_seqs));
+    items = take(16 * size_t(max_tokens));
+    params = take(sizeof(SampleParamsDev) * size_t(max_seqs));
+    block_tables = take(4 * size_t(max_seqs) * size_t(max_blocks));
+    total = o;
+  }
+};
+
+struct LayerDev {
+  __nv_bfloat16* input_norm = nullptr;  // (H)
+  __nv_bfloat16* qkv = nullptr;         // (Q + 2K, H) q_proj, k_proj, v_proj stacked
+  __nv_bfloat16* qkv_bias = nullptr;    // (Q + 2K) or null
+  __nv_bfloat16* q_norm = nullptr;      // (D) or null
+  __nv_bfloat16* k_norm = nullptr;      // (D) or null
+  __nv_bfloat16* o = nullptr;           // (H, Q)
+  __nv_bfloat16* post_norm = nullptr;   // (H)
+  __nv_bfloat16* gate_up = nullptr;     // (2I, H) gate_proj, up_proj stacked
+  __nv_bfloat16* down = nullptr;        // (H, I)
+};
+
+// The shape of one forward pass; everything else is read from the staging buffer.
+struct StepShape {
+  int tokens = 0;   // T, padding included
+  int items = 0;    // attention work items
+  int sampled = 0;  // rows through the final norm, LM head and sampler
+  int splits = 1;   // attention split-K
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const model::ModelWeights& w, const BackendOptions& opts, int device)
+      : w_(w), c_(w.config), opts_(opts), device_(device) {}
+  ~CudaBackend() override;
+
+  Status init();
+
+  std::string_view name() const override { return "cuda"; }
+  const model::ModelConfig& config() const override { return c_; }
+  int32_t num_kv_blocks() const override { return num_blocks_; }
+  int32_t block_size() const override { return opts_.block_size; }
+  void step(const Batch& batch, bool want_logits, StepOutput* out) override;
+
+ private:
+  void upload_weights();
+  void allocate_activations();
+  void allocate_kv(int64_t num_blocks);
+  void warm_up();
+  int bucket_for(int num_seqs) const;
+  int splits_for(int num_seqs, int max_kv_len) const;
+  void forward(const StepShape& s);
+  template <typename T>
+  T* dev(size_t offset) const {
+    return reinterpret_cast<T*>(staging_dev_ + offset);
+  }
+  template <typename T>
+  T* host(size_t offset) const {
+    return reinterpret_cast<T*>(staging_host_ + offset);
+  }
+
+  const model::ModelWeights& w_;
+  const model::ModelConfig& c_;
+  BackendOptions opts_;
+  int device_;
+  int num_sms_ = 0;
+  cudaStream_t stream_ = nullptr;
+  DeviceMemory mem_;
+  std::unique_ptr<Gemm> gemm_;
+  int max_tokens_ = 0;  // activation rows: max_num_batched_tokens, or the largest decode bucket
+  int max_blocks_ = 0;  // block-table row length: ceil(max_model_len / block_size)
+  int tokens_per_item_ = 1;
+  std::vector<int> buckets_;  // decode batch sizes with a graph each
+  int max_splits_rows_ = 0;   // max over buckets of splits * bucket
+
+  // Weights (bf16), shapes as in model/weights.h.
+  __nv_bfloat16* embed_ = nullptr;       // (V, H)
+  __nv_bfloat16* final_norm_ = nullptr;  // (H)
+  __nv_bfloat16* lm_head_ = nullptr;     // (V, H), == embed_ when tied
+  std::vector<LayerDev> layers_;
+  float* inv_freq_ = nullptr;            // (D/2)
+
+  // KV cache: per layer K then V, each (num_blocks, n_kv_heads, block_size, D) bf16.
+  __nv_bfloat16* kv_ = nullptr;
+  int32_t num_blocks_ = 0;
+  size_t kv_layer_elems_ = 0;
+
+  // Activations, T = max_tokens_, S = max_num_seqs.
+  float* residual_ = nullptr;           // (T, H) f32 residual stream
+  float* delta_ = nullptr;              // (T, H) f32 output of the last block, not yet added
+  __nv_bfloat16* hnorm_ = nullptr;      // (T, H) normed block input
+  float* qkv_ = nullptr;                // (T, Q + 2K) f32
+  __nv_bfloat16* q_ = nullptr;          // (T, Q) roped queries
+  __nv_bfloat16* attn_ = nullptr;       // (T, Q)
+  __nv_bfloat16* gate_up_ = nullptr;    // (T, 2I)
+  __nv_bfloat16* act_ = nullptr;        // (T, I)
+  float* partial_o_ = nullptr;          // (max_splits_rows_, n_heads, D)
+  float* partial_ml_ = nullptr;         // (max_splits_rows_, n_heads, 2)
+  __nv_bfloat16* final_h_ = nullptr;    // (S, H)
+  float* logits_ = nullptr;             // (S, V)
+  int32_t* out_tokens_ = nullptr;       // (S)
+  void* workspace_ = nullptr;           // cuBLASLt
+
+  std::unique_ptr<StagingLayout> layout_;
+  unsigned char* staging_host_ = nullptr;  // pinned
+  unsigned char* staging_dev_ = nullptr;
+  int32_t* out_tokens_host_ = nullptr;     // pinned (S)
+
+  std::map<int, cudaGraphExec_t> graphs_;  // by decode bucket
+};
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(device_);
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+  gemm_.reset();
+  if (staging_host_) cudaFreeHost(staging_host_);
+  if (out_tokens_host_) cudaFreeHost(out_tokens_host_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+int CudaBackend::bucket_for(int num_seqs) const {
+  for (int b : buckets_)
+    if (b >= num_seqs) return b;
+  return buckets_.back();
+}
+
+// note: split-K only when the grid would otherwise leave SMs idle; decode steps fix it per
+// bucket (from max_model_len), so eager and graph runs of a bucket launch the same grid.
+int CudaBackend::splits_for(int num_seqs, int max_kv_len) const {
+  const int blocks = num_seqs * static_cast<int>(c_.num_kv_heads);
+  int s = CEIL_DIV(2 * num_sms_, blocks);
+  s = std::min({s, kMaxSplits, CEIL_DIV(max_kv_len, kMinKeysPerSplit)});
+  return std::max(s, 1);
+}
+
+void CudaBackend::upload_weights() {
+  const int64_t h = c_.hidden_size, q = c_.q_dim(), k = c_.kv_dim(), in = c_.intermediate_size, v = c_.vocab_size;
+  WeightUploader up;
+  embed_ = mem_.alloc<__nv_bfloat16>(size_t(v * h));
+  up.copy(embed_, w_.embed_tokens);
+  final_norm_ = mem_.alloc<__nv_bfloat16>(size_t(h));
+  up.copy(final_norm_, w_.final_norm);
+  if (w_.lm_head.data == w_.embed_tokens.data) {
+    lm_head_ = embed_;
+  } else {
+    lm_head_ = mem_.alloc<__nv_bfloat16>(size_t(v * h));
+    up.copy(lm_head_, w_.lm_head);
+  }
+  for (const model::LayerWeights& lw : w_.layers) {
+    LayerDev d;
+    d.input_norm = mem_.alloc<__nv_bfloat16>(size_t(h));
+    up.copy(d.input_norm, lw.input_norm);
+    d.qkv = mem_.alloc<__nv_bfloat16>(size_t((q + 2 * k) * h));
+    up.copy(d.qkv, lw.q_proj);
+    up.copy(d.qkv + q * h, lw.k_proj);
+    up.copy(d.qkv + (q + k) * h, lw.v_proj);
+    if (!lw.q_bias.empty() || !lw.k_bias.empty() || !lw.v_bias.empty()) {
+      d.qkv_bias = mem_.alloc<__nv_bfloat16>(size_t(q + 2 * k));
+      up.copy_or_zero(d.qkv_bias, lw.q_bias, q);
+      up.copy_or_zero(d.qkv_bias + q, lw.k_bias, k);
+      up.copy_or_zero(d.qkv_bias + q + k, lw.v_bias, k);
+    }
+    if (!lw.q_norm.empty()) {
+      d.q_norm = mem_.alloc<__nv_bfloat16>(size_t(c_.head_dim));
+      up.copy(d.q_norm, lw.q_norm);
+    }
+    if (!lw.k_norm.empty()) {
+      d.k_norm = mem_.alloc<__nv_bfloat16>(size_t(c_.head_dim));
+      up.copy(d.k_norm, lw.k_norm);
+    }
+    d.o = mem_.alloc<__nv_bfloat16>(size_t(h * q));
+    up.copy(d.o, lw.o_proj);
+    d.post_norm = mem_.alloc<__nv_bfloat16>(size_t(h));
+    up.copy(d.post_norm, lw.post_attn_norm);
+    d.gate_up = mem_.alloc<__nv_bfloat16>(size_t(2 * in * h));
+    up.copy(d.gate_up, lw.gate_proj);
+    up.copy(d.gate_up + in * h, lw.up_proj);
+    d.down = mem_.alloc<__nv_bfloat16>(size_t(h * in));
+    up.copy(d.down, lw.down_proj);
+    layers_.push_back(d);
+  }
+  const std::vector<float> inv_freq = model::rope_inv_freq(c_);
+  inv_freq_ = mem_.alloc<float>(inv_freq.size());
+  CUDA_CHECK(cudaMemcpy(inv_freq_, inv_freq.data(), inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+void CudaBackend::allocate_activations() {
+  const size_t t = size_t(max_tokens_), s = size_t(opts_.max_num_seqs);
+  const size_t h = size_t(c_.hidden_size), q = size_t(c_.q_dim()), k = size_t(c_.kv_dim());
+  const size_t in = size_t(c_.intermediate_size), v = size_t(c_.vocab_size);
+  residual_ = mem_.alloc<float>(t * h);
+  delta_ = mem_.alloc<float>(t * h);
+  hnorm_ = mem_.alloc<__nv_bfloat16>(t * h);
+  qkv_ = mem_.alloc<float>(t * (q + 2 * k));
+  q_ = mem_.alloc<__nv_bfloat16>(t * q);
+  attn_ = mem_.alloc<__nv_bfloat16>(t * q);
+  gate_up_ = mem_.alloc<__nv_bfloat16>(t * 2 * in);
+  act_ = mem_.alloc<__nv_bfloat16>(t * in);
+  partial_o_ = mem_.alloc<float>(size_t(max_splits_rows_) * q);
+  partial_ml_ = mem_.alloc<float>(size_t(max_splits_rows_) * size_t(c_.num_heads) * 2);
+  final_h_ = mem_.alloc<__nv_bfloat16>(s * h);
+  logits_ = mem_.alloc<float>(s * v);
+  out_tokens_ = mem_.alloc<int32_t>(s);
+  workspace_ = mem_.alloc_bytes(kWorkspaceBytes);
+  gemm_ = std::make_unique<Gemm>(workspace_, kWorkspaceBytes);
+  layout_ = std::make_unique<StagingLayout>(max_tokens_, opts_.max_num_seqs, max_blocks_);
+  staging_dev_ = static_cast<unsigned char*>(mem_.alloc_bytes(layout_->total));
+  CUDA_CHECK(cudaMallocHost(&staging_host_, layout_->total));
+  std::memset(staging_host_, 0, layout_->total);
+  CUDA_CHECK(cudaMallocHost(&out_tokens_host_, s * sizeof(int32_t)));
+}
+
+void CudaBackend::allocate_kv(int64_t num_blocks) {
+  if (kv_) mem_.free(kv_);
+  num_blocks_ = static_cast<int32_t>(num_blocks);
+  kv_layer_elems_ = size_t(num_blocks) * size_t(c_.num_kv_heads) * size_t(opts_.block_size) * size_t(c_.head_dim);
+  const size_t elems = 2 * size_t(c_.num_layers) * kv_layer_elems_;
+  kv_ = mem_.alloc<__nv_bfloat16>(elems);
+  // Zeros, so padded decode rows (which read block 0) see finite keys.
+  CUDA_CHECK(cudaMemsetAsync(kv_, 0, elems * sizeof(__nv_bfloat16), stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// One step at max_num_batched_tokens through a throw-away cache: loads every kernel module and
+// plans the GEMMs so their memory is in use before the KV cache is sized.
+void CudaBackend::warm_up() {
+  const int bs = opts_.block_size;
+  std::vector<std::vector<int32_t>> tokens, tables;
+  int remaining = opts_.max_num_batched_tokens, next_block = 0;
+  while (remaining > 0 && static_cast<int>(tokens.size()) < opts_.max_num_seqs) {
+    const int n = std::min(remaining, opts_.max_model_len);
+    tokens.emplace_back(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) tokens.back()[size_t(i)] = static_cast<int32_t>((i * 7919) % c_.vocab_size);
+    tables.emplace_back();
+    for (int b = 0; b < CEIL_DIV(n, bs); ++b) tables.back().push_back(next_block++);
+    remaining -= n;
+  }
+  allocate_kv(next_block);
+  Batch batch;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    BatchEntry e;
+    e.seq_id = static_cast<int64_t>(i);
+    e.tokens = tokens[i];
+    e.block_table = tables[i];
+    e.sample = true;
+    e.sampling.temperature = 1.0f;
+    e.sampling.top_p = 0.9f;
+    batch.entries.push_back(e);
+  }
+  StepOutput out;
+  step(batch, false, &out);
+  mem_.free(kv_);
+  kv_ = nullptr;
+}
+
+Status CudaBackend::init() {
+  CUDA_CHECK(cudaSetDevice(device_));
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+  num_sms_ = prop.multiProcessorCount;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+
+  max_blocks_ = CEIL_DIV(opts_.max_model_len, opts_.block_size);
+  tokens_per_item_ = attention_tokens_per_item(static_cast<int>(c_.num_heads), static_cast<int>(c_.num_kv_heads));
+  for (int b = 1; b <= 256 && b <= opts_.max_num_seqs; b *= 2) buckets_.push_back(b);
+  if (buckets_.back() < opts_.max_num_seqs) buckets_.push_back(opts_.max_num_seqs);
+  max_tokens_ = std::max(opts_.max_num_batched_tokens, buckets_.back());
+  for (int b : buckets_) max_splits_rows_ = std::max(max_splits_rows_, b * splits_for(b, opts_.max_model_len));
+
+  upload_weights();
+  const size_t weight_bytes = mem_.allocated_bytes();
+  allocate_activations();
+  warm_up();
+
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  // note: the KV budget counts only this process: fraction * total minus what this backend
+  // allocated (weights, activations, workspace) and a reserve for uncounted context memory;
+  // other processes' use (MPS neighbours) shows only in cudaMemGetInfo's free bytes, which
+  // caps the result again.
+  const double own = double(mem_.allocated_bytes()) + double(kUncountedReserveBytes);
+  const double budget = opts_.gpu_memory_fraction * double(total_bytes) - own;
+  const double free_cap = double(free_bytes) - double(kFreeMarginBytes);
+  const double kv_bytes = std::min(budget, free_cap);
+  const size_t bytes_per_block = 2 * size_t(c_.num_layers) * size_t(c_.num_kv_heads) * size_t(opts_.block_size) *
+                                 size_t(c_.head_dim) * sizeof(__nv_bfloat16);
+  int64_t blocks = kv_bytes > 0 ? static_cast<int64_t>(kv_bytes / double(bytes_per_block)) : 0;
+  blocks = std::min<int64_t>(blocks, (int64_t{1} << 30) / opts_.block_size);
+  if (blocks < max_blocks_) {
+    return Status::errorf(
+        "cuda backend: room for {} KV blocks, one max_model_len={} sequence needs {} (GPU {} GiB total, {:.2f} GiB "
+        "free, fraction {}, weights {:.2f} GiB, activations+workspace {:.2f} GiB)",
+        blocks, opts_.max_model_len, max_blocks_, double(total_bytes) / (1 << 30), double(free_bytes) / (1 << 30),
+        opts_.gpu_memory_fraction, double(weight_bytes) / (1 << 30),
+        double(mem_.allocated_bytes() - weight_bytes) / (1 << 30));
+  }
+  allocate_kv(blocks);
+  log::info("cuda backend: {} ({} SMs), weights {:.2f} GiB, activations+workspace {:.2f} GiB, KV cache {} blocks "
+            "({:.2f} GiB), graphs {}",
+            prop.name, num_sms_, double(weight_bytes) / (1 << 30),
+            double(mem_.allocated_bytes() - weight_bytes - size_t(blocks) * bytes_per_block) / (1 << 30), blocks,
+            double(size_t(blocks) * bytes_per_block) / (1 << 30), opts_.cuda_graphs ? "on" : "off");
+  return Status::ok();
+}
+
+void CudaBackend::forward(const StepShape& s) {
+  const int h = static_cast<int>(c_.hidden_size), q = static_cast<int>(c_.q_dim()), k = static_cast<int>(c_.kv_dim());
+  const int in = static_cast<int>(c_.intermediate_size), v = static_cast<int>(c_.vocab_size);
+  const float eps = static_cast<float>(c_.rms_norm_eps);
+  const StagingLayout& L = *layout_;
+  embed_lookup(embed_, dev<int32_t>(L.tokens), residual_, s.tokens, h, v, stream_);
+  bool pending = false;  // delta_ holds a block output not yet added to residual_
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerDev& d = layers_[l];
+    if (opts_.ablation != Ablation::kNoAttention) {
+      add_rms_norm(residual_, pending ? delta_ : nullptr, d.input_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
+      gemm_->linear(hnorm_, d.qkv, qkv_, true, s.tokens, h, q + 2 * k, stream_);
+      __nv_bfloat16* kc = kv_ + (2 * l) * kv_layer_elems_;
+      __nv_bfloat16* vc = kv_ + (2 * l + 1) * kv_layer_elems_;
+      QkvRopeArgs r;
+      r.qkv = qkv_;
+      r.bias = d.qkv_bias;
+      r.q_norm = d.q_norm;
+      r.k_norm = d.k_norm;
+      r.inv_freq = inv_freq_;
+      r.positions = dev<int32_t>(L.positions);
+      r.slot_mapping = dev<int32_t>(L.slots);
+      r.q_out = q_;
+      r.k_cache = kc;
+      r.v_cache = vc;
+      r.num_tokens = s.tokens;
+      r.n_heads = static_cast<int>(c_.num_heads);
+      r.n_kv_heads = static_cast<int>(c_.num_kv_heads);
+      r.head_dim = static_cast<int>(c_.head_dim);
+      r.block_size = opts_.block_size;
+      r.eps = eps;
+      qkv_rope_cache_write(r, stream_);
+      AttentionArgs a;
+      a.q = q_;
+      a.k_cache = kc;
+      a.v_cache = vc;
+      a.out = attn_;
+      a.positions = dev<int32_t>(L.positions);
+      a.block_tables = dev<int32_t>(L.block_tables);
+      a.items = dev<int32_t>(L.items);
+      a.max_blocks_per_seq = max_blocks_;
+      a.num_items = s.items;
+      a.num_tokens = s.tokens;
+      a.n_heads = r.n_heads;
+      a.n_kv_heads = r.n_kv_heads;
+      a.head_dim = r.head_dim;
+      a.block_size = opts_.block_size;
+      a.scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+      a.num_splits = s.splits;
+      a.partial_o = partial_o_;
+      a.partial_ml = partial_ml_;
+      paged_attention(a, stream_);
+      gemm_->linear(attn_, d.o, delta_, true, s.tokens, q, h, stream_);
+      pending = true;
+    }
+    if (opts_.ablation != Ablation::kNoMlp) {
+      add_rms_norm(residual_, pending ? delta_ : nullptr, d.post_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
+      gemm_->linear(hnorm_, d.gate_up, gate_up_, false, s.tokens, h, 2 * in, stream_);
+      silu_mul(gate_up_, act_, s.tokens, in, stream_);
+      gemm_->linear(act_, d.down, delta_, true, s.tokens, in, h, stream_);
+      pending = true;
+    }
+  }
+  if (s.sampled == 0) return;
+  add_rms_norm(residual_, pending ? delta_ : nullptr, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled,
+               h, eps, stream_);
+  gemm_->linear(final_h_, lm_head_, logits_, true, s.sampled, h, v, stream_);
+  sample_tokens(logits_, dev<SampleParamsDev>(L.params), out_tokens_, s.sampled, v, stream_);
+}
+
+void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
+  MPS_CHECK(out != nullptr);
+  CUDA_CHECK(cudaSetDevice(device_));
+  out->tokens.clear();
+  out->logits.clear();
+  const int64_t num_tokens = batch.num_tokens();
+  const int num_seqs = static_cast<int>(batch.entries.size());
+  MPS_CHECK_MSG(num_tokens <= opts_.max_num_batched_tokens, "batch of {} tokens exceeds max_num_batched_tokens {}",
+                num_tokens, opts_.max_num_batched_tokens);
+  MPS_CHECK_MSG(num_seqs <= opts_.max_num_seqs, "batch of {} sequences exceeds max_num_seqs {}", num_seqs,
+                opts_.max_num_seqs);
+  if (num_tokens == 0) return;
+  bool decode_only = true;
+  for (const BatchEntry& e : batch.entries) decode_only = decode_only && e.tokens.size() == 1 && e.sample;
+  // note: decode-only steps are padded to their bucket in eager mode too, so graphs on and off
+  // run the same kernels on the same shapes (bit-identical results).
+  const int padded = decode_only ? bucket_for(num_seqs) : num_seqs;
+
+  const StagingLayout& L = *layout_;
+  int32_t* tok = host<int32_t>(L.tokens);
+  int32_t* pos = host<int32_t>(L.positions);
+  int32_t* slot = host<int32_t>(L.slots);
+  int32_t* rows = host<int32_t>(L.sample_rows);
+  int32_t* items = host<int32_t>(L.items);
+  SampleParamsDev* params = host<SampleParamsDev>(L.params);
+  int32_t* tables = host<int32_t>(L.block_tables);
+  const int bs = opts_.block_size;
+  int t = 0, n_items = 0, n_sampled = 0, max_kv_len = 0;
+  for (int i = 0; i < num_seqs; ++i) {
+    const BatchEntry& e = batch.entries[size_t(i)];
+    const int n = static_cast<int>(e.tokens.size());
+    MPS_CHECK_MSG(n > 0 || !e.sample, "sequence {} samples without new tokens", e.seq_id);
+    MPS_CHECK_MSG(e.context_len + n <= static_cast<int64_t>(e.block_table.size()) * bs,
+                  "sequence {}: {} tokens do not fit its {} blocks", e.seq_id, e.context_len + n,
+                  e.block_table.size());
+    MPS_CHECK_MSG(static_cast<int>(e.block_table.size()) <= max_blocks_, "sequence {}: {} blocks exceed max_model_len",
+                  e.seq_id, e.block_table.size());
+    for (int32_t b : e.block_table) MPS_CHECK_MSG(b >= 0 && b < num_blocks_, "KV block id {} out of range", b);
+    for (int j = 0; j < n; ++j) {
+      const int32_t p = e.context_len + j;
+      tok[t + j] = e.tokens[size_t(j)];
+      pos[t + j] = p;
+      slot[t + j] = e.block_table[size_t(p / bs)] * bs + p % bs;
+    }
+    for (int j0 = 0; j0 < n; j0 += tokens_per_item_) {
+      int32_t* it = items + 4 * n_items++;
+      it[0] = i, it[1] = t + j0, it[2] = std::min(tokens_per_item_, n - j0), it[3] = 0;
+    }
+    std::copy(e.block_table.begin(), e.block_table.end(), tables + size_t(i) * size_t(max_blocks_));
+    if (e.sample) {
+      rows[n_sampled] = t + n - 1;
+      SampleParamsDev& sp = params[n_sampled++];
+      sp.temperature = e.sampling.temperature;
+      sp.top_p = e.sampling.top_p;
+      sp.top_k = e.sampling.top_k;
+      sp.u = e.sampling.greedy() ? 0.f : sampling_uniform(e.sampling.seed, static_cast<uint64_t>(e.num_generated));
+    }
+    max_kv_len = std::max(max_kv_len, e.context_len + n);
+    t += n;
+  }
+  const int real_sampled = n_sampled;
+  for (int i = num_seqs; i < padded; ++i, ++t) {  // decode padding: reads block 0, writes nothing
+    tok[t] = 0, pos[t] = 0, slot[t] = -1;
+    int32_t* it = items + 4 * n_items++;
+    it[0] = i, it[1] = t, it[2] = 1, it[3] = 0;
+    tables[size_t(i) * size_t(max_blocks_)] = 0;
+    rows[n_sampled] = t;
+    params[n_sampled++] = SampleParamsDev{};
+  }
+  const size_t bytes = L.block_tables + size_t(padded) * size_t(max_blocks_) * sizeof(int32_t);
+  CUDA_CHECK(cudaMemcpyAsync(staging_dev_, staging_host_, bytes, cudaMemcpyHostToDevice, stream_));
+
+  StepShape shape;
+  shape.tokens = t;
+  shape.items = n_items;
+  shape.sampled = n_sampled;
+  shape.splits = decode_only ? splits_for(padded, opts_.max_model_len) : 1;
+  if (decode_only && opts_.cuda_graphs) {
+    auto it = graphs_.find(padded);
+    if (it != graphs_.end()) {
+      CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+    } else {
+      forward(shape);  // first use: eager (loads modules, plans GEMMs), then capture for next time
+      cudaGraph_t graph = nullptr;
+      CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      forward(shape);
+      CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      cudaGraphExec_t exec = nullptr;
+      CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      CUDA_CHECK(cudaGraphDestroy(graph));
+      graphs_.emplace(padded, exec);
+    }
+  } else {
+    forward(shape);
+  }
+  if (real_sampled > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(out_tokens_host_, out_tokens_, size_t(real_sampled) * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, stream_));
+    if (want_logits) {
+      out->logits.resize(size_t(real_sampled) * size_t(c_.vocab_size));
+      CUDA_CHECK(cudaMemcpyAsync(out->logits.data(), logits_, out->logits.size() * sizeof(float),
+                                 cudaMemcpyDeviceToHost, stream_));
+    }
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  out->tokens.assign(out_tokens_host_, out_tokens_host_ + real_sampled);
+}
+
+Status validate(const model::ModelWeights& w, const BackendOptions& opts) {
+  const model::ModelConfig& c = w.config;
+  if (c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.vocab_size <= 0 ||
+      c.intermediate_size <= 0 || static_cast<int64_t>(w.layers.size()) != c.num_layers) {
+    return Status::error("cuda backend: model config has a non-positive dimension or missing layers");
+  }
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return Status::errorf("cuda backend: head_dim {} unsupported (64 or 128)", c.head_dim);
+  }
+  if (c.num_heads % c.num_kv_heads != 0 || c.num_heads / c.num_kv_heads > 64) {
+    return Status::errorf("cuda backend: {} heads over {} kv heads unsupported", c.num_heads, c.num_kv_heads);
+  }
+  if (c.hidden_size % 8 != 0 || c.intermediate_size % 8 != 0 || c.vocab_size % 8 != 0) {
+    return Status::errorf("cuda backend: hidden {}, intermediate {} and vocab {} must be multiples of 8", c.hidden_size,
+                          c.intermediate_size, c.vocab_size);
+  }
+  auto has = [](const model::TensorView& t, int64_t n) { return !t.empty() && t.numel() == n; };
+  const int64_t h = c.hidden_size, q = c.q_dim(), k = c.kv_dim(), in = c.intermediate_size;
+  if (!has(w.embed_tokens, c.vocab_size * h) || !has(w.final_norm, h) || !has(w.lm_head, c.vocab_size * h)) {
+    return Status::error("cuda backend: embed_tokens, final_norm or lm_head missing or mis-shaped");
+  }
+  for (const model::LayerWeights& l : w.layers) {
+    const bool ok = has(l.input_norm, h) && has(l.q_proj, q * h) && has(l.k_proj, k * h) && has(l.v_proj, k * h) &&
+                    has(l.o_proj, h * q) && has(l.post_attn_norm, h) && has(l.gate_proj, in * h) &&
+                    has(l.up_proj, in * h) && has(l.down_proj, h * in) && (l.q_bias.empty() || has(l.q_bias, q)) &&
+                    (l.k_bias.empty() || has(l.k_bias, k)) && (l.v_bias.empty() || has(l.v_bias, k)) &&
+                    (l.q_norm.empty() || has(l.q_norm, c.head_dim)) && (l.k_norm.empty() || has(l.k_norm, c.head_dim));
+    if (!ok) return Status::errorf("cuda backend: a weight of layer {} is missing or mis-shaped", &l - w.layers.data());
+  }
+  if (opts.block_size <= 0 || opts.max_num_batched_tokens <= 0 || opts.max_model_len <= 0 || opts.max_num_seqs <= 0) {
+    return Status::error("cuda backend: block_size, max_num_seqs, max_num_batched_tokens and max_model_len must be > 0");
+  }
+  if (!(opts.gpu_memory_fraction > 0.0 && opts.gpu_memory_fraction <= 1.0)) {
+    return Status::errorf("cuda backend: gpu_memory_fraction {} outside (0, 1]", opts.gpu_memory_fraction);
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> make_cuda_backend(const model::ModelWeights& weights, const BackendOptions& opts) {
+  MPS_RETURN_IF_ERROR(validate(weights, opts));
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    return Status::errorf("cuda backend: no usable GPU ({})", err != cudaSuccess ? cudaGetErrorString(err) : "none found");
+  }
+  if (opts.gpu_index < 0 || opts.gpu_index >= count) {
+    return Status::errorf("cuda backend: gpu_index {} out of range ({} GPUs)", opts.gpu_index, count);
+  }
+  auto b = std::make_unique<CudaBackend>(weights, opts, opts.gpu_index);
+  MPS_RETURN_IF_ERROR(b->init());
+  return std::unique_ptr<Backend>(std::move(b));
+}
+
+}  // namespace mpserve::backend::cuda

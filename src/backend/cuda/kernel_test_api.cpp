@@ -1,0 +1,218 @@
+#include "backend/cuda/kernel_test_api.h"
+
+#include <cmath>
+#include <algorithm>
+#include <limits>
+#include <memory>
+
+#include "backend/cuda/activation.cuh"
+#include "backend/cuda/attention.cuh"
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/embedding.cuh"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/qkv_rope.cuh"
+#include "backend/cuda/rms_norm.cuh"
+#include "backend/cuda/sampler.cuh"
+#include "common/half.h"
+
+namespace mpserve::backend::cuda::test_api {
+namespace {
+
+// A device buffer for one test call.
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t count) : n(count) { CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T))); }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  void poison() { CUDA_CHECK(cudaMemset(p, 0xff, std::max<size_t>(n, 1) * sizeof(T))); }  // NaN in f32 and bf16
+};
+
+Dev<float>* up_f32(const std::vector<float>& v) {
+  auto* d = new Dev<float>(v.size());
+  CUDA_CHECK(cudaMemcpy(d->p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return d;
+}
+
+std::unique_ptr<Dev<__nv_bfloat16>> up_bf16(const std::vector<float>& v) {
+  auto d = std::make_unique<Dev<__nv_bfloat16>>(v.size());
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+  CUDA_CHECK(cudaMemcpy(d->p, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  return d;
+}
+
+std::unique_ptr<Dev<int32_t>> up_i32(const std::vector<int32_t>& v) {
+  auto d = std::make_unique<Dev<int32_t>>(v.size());
+  CUDA_CHECK(cudaMemcpy(d->p, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+  return d;
+}
+
+std::vector<float> down_bf16(const Dev<__nv_bfloat16>& d) {
+  std::vector<uint16_t> h(d.n);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK(cudaMemcpy(h.data(), d.p, d.n * 2, cudaMemcpyDeviceToHost));
+  std::vector<float> out(d.n);
+  for (size_t i = 0; i < d.n; ++i) out[i] = bf16_to_f32(h[i]);
+  return out;
+}
+
+std::vector<float> down_f32(const Dev<float>& d) {
+  std::vector<float> out(d.n);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK(cudaMemcpy(out.data(), d.p, d.n * 4, cudaMemcpyDeviceToHost));
+  return out;
+}
+
+}  // namespace
+
+bool gpu_available() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+std::vector<float> add_rms_norm(std::vector<float>& residual, const std::vector<float>& delta,
+                                const std::vector<float>& weight, const std::vector<int32_t>& row_index, int rows,
+                                int hidden, float eps) {
+  std::unique_ptr<Dev<float>> res(up_f32(residual));
+  std::unique_ptr<Dev<float>> del(delta.empty() ? nullptr : up_f32(delta));
+  auto w = up_bf16(weight);
+  auto idx = row_index.empty() ? nullptr : up_i32(row_index);
+  const int out_rows = row_index.empty() ? rows : static_cast<int>(row_index.size());
+  Dev<__nv_bfloat16> out(size_t(out_rows) * size_t(hidden));
+  out.poison();
+  cuda::add_rms_norm(res->p, del ? del->p : nullptr, w->p, out.p, idx ? idx->p : nullptr, out_rows, hidden, eps, 0);
+  residual = down_f32(*res);
+  return down_bf16(out);
+}
+
+std::vector<float> silu_mul(const std::vector<float>& gate_up, int rows, int inter) {
+  auto gu = up_bf16(gate_up);
+  Dev<__nv_bfloat16> out(size_t(rows) * size_t(inter));
+  out.poison();
+  cuda::silu_mul(gu->p, out.p, rows, inter, 0);
+  return down_bf16(out);
+}
+
+std::vector<float> embed(const std::vector<float>& table, const std::vector<int32_t>& ids, int vocab, int hidden) {
+  auto t = up_bf16(table);
+  auto i = up_i32(ids);
+  Dev<float> out(ids.size() * size_t(hidden));
+  out.poison();
+  embed_lookup(t->p, i->p, out.p, static_cast<int>(ids.size()), hidden, vocab, 0);
+  return down_f32(out);
+}
+
+std::vector<float> linear(const std::vector<float>& x, const std::vector<float>& w, int rows, int in, int out) {
+  auto dx = up_bf16(x);
+  auto dw = up_bf16(w);
+  Dev<float> y(size_t(rows) * size_t(out));
+  y.poison();
+  Dev<unsigned char> ws(size_t{4} << 20);
+  {
+    Gemm g(ws.p, ws.n);
+    g.linear(dx->p, dw->p, y.p, true, rows, in, out, 0);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  return down_f32(y);
+}
+
+QkvRopeOut qkv_rope(const std::vector<float>& qkv, const std::vector<float>& bias, const std::vector<float>& q_norm,
+                    const std::vector<float>& k_norm, const std::vector<float>& inv_freq,
+                    const std::vector<int32_t>& positions, const std::vector<int32_t>& slots, int num_blocks,
+                    int n_heads, int n_kv_heads, int head_dim, int block_size, float eps) {
+  std::unique_ptr<Dev<float>> dqkv(up_f32(qkv)), dinv(up_f32(inv_freq));
+  auto dbias = bias.empty() ? nullptr : up_bf16(bias);
+  auto dqn = q_norm.empty() ? nullptr : up_bf16(q_norm);
+  auto dkn = k_norm.empty() ? nullptr : up_bf16(k_norm);
+  auto dpos = up_i32(positions);
+  auto dslot = up_i32(slots);
+  const int t = static_cast<int>(positions.size());
+  Dev<__nv_bfloat16> q(size_t(t) * size_t(n_heads * head_dim));
+  const size_t cache = size_t(num_blocks) * size_t(n_kv_heads) * size_t(block_size) * size_t(head_dim);
+  Dev<__nv_bfloat16> kc(cache), vc(cache);
+  q.poison();
+  kc.poison();
+  vc.poison();
+  QkvRopeArgs a;
+  a.qkv = dqkv->p;
+  a.bias = dbias ? dbias->p : nullptr;
+  a.q_norm = dqn ? dqn->p : nullptr;
+  a.k_norm = dkn ? dkn->p : nullptr;
+  a.inv_freq = dinv->p;
+  a.positions = dpos->p;
+  a.slot_mapping = dslot->p;
+  a.q_out = q.p;
+  a.k_cache = kc.p;
+  a.v_cache = vc.p;
+  a.num_tokens = t;
+  a.n_heads = n_heads;
+  a.n_kv_heads = n_kv_heads;
+  a.head_dim = head_dim;
+  a.block_size = block_size;
+  a.eps = eps;
+  qkv_rope_cache_write(a, 0);
+  return QkvRopeOut{down_bf16(q), down_bf16(kc), down_bf16(vc)};
+}
+
+std::vector<float> attention(const std::vector<float>& q, const std::vector<float>& k_cache,
+                             const std::vector<float>& v_cache, const std::vector<int32_t>& positions,
+                             const std::vector<int32_t>& block_tables, int max_blocks_per_seq,
+                             const std::vector<int32_t>& items, int n_heads, int n_kv_heads, int head_dim,
+                             int block_size, int num_splits) {
+  auto dq = up_bf16(q);
+  auto dk = up_bf16(k_cache);
+  auto dv = up_bf16(v_cache);
+  auto dpos = up_i32(positions);
+  auto dbt = up_i32(block_tables);
+  auto ditems = up_i32(items);
+  const int t = static_cast<int>(positions.size());
+  Dev<__nv_bfloat16> out(size_t(t) * size_t(n_heads * head_dim));
+  out.poison();
+  Dev<float> po(size_t(num_splits) * size_t(t) * size_t(n_heads * head_dim));
+  Dev<float> pml(size_t(num_splits) * size_t(t) * size_t(n_heads) * 2);
+  AttentionArgs a;
+  a.q = dq->p;
+  a.k_cache = dk->p;
+  a.v_cache = dv->p;
+  a.out = out.p;
+  a.positions = dpos->p;
+  a.block_tables = dbt->p;
+  a.items = ditems->p;
+  a.max_blocks_per_seq = max_blocks_per_seq;
+  a.num_items = static_cast<int>(items.size() / 4);
+  a.num_tokens = t;
+  a.n_heads = n_heads;
+  a.n_kv_heads = n_kv_heads;
+  a.head_dim = head_dim;
+  a.block_size = block_size;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  a.num_splits = num_splits;
+  a.partial_o = po.p;
+  a.partial_ml = pml.p;
+  paged_attention(a, 0);
+  return down_bf16(out);
+}
+
+int attention_tokens_per_item(int n_heads, int n_kv_heads) {
+  return cuda::attention_tokens_per_item(n_heads, n_kv_heads);
+}
+
+std::vector<int32_t> sample(const std::vector<float>& logits, const std::vector<SampleRow>& rows, int vocab) {
+  std::unique_ptr<Dev<float>> dl(up_f32(logits));
+  std::vector<SampleParamsDev> p(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) p[i] = {rows[i].temperature, rows[i].top_p, rows[i].top_k, rows[i].u};
+  Dev<SampleParamsDev> dp(p.size());
+  CUDA_CHECK(cudaMemcpy(dp.p, p.data(), p.size() * sizeof(SampleParamsDev), cudaMemcpyHostToDevice));
+  Dev<int32_t> out(rows.size());
+  CUDA_CHECK(cudaMemset(out.p, 0xff, rows.size() * 4));
+  sample_tokens(dl->p, dp.p, out.p, static_cast<int>(rows.size()), vocab, 0);
+  std::vector<int32_t> h(rows.size());
+  CUDA_CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK(cudaMemcpy(h.data(), out.p, h.size() * 4, cudaMemcpyDeviceToHost));
+  return h;
+}
+
+}  // namespace mpserve::backend::cuda::test_api

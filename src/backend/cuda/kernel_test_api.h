@@ -1,0 +1,54 @@
+// Host entry points to single CUDA kernels for tests/cuda (compiled by the host compiler): host
+// vectors in, host vectors out. Inputs go up as the kernels take them (bf16 where the kernel
+// reads bf16, so pass values already rounded to bf16 to compare exactly); every output buffer is
+// poisoned with NaN before the launch, so an element the kernel does not write fails the check.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace mpserve::backend::cuda::test_api {
+
+// True when a CUDA device is usable.
+bool gpu_available();
+
+// residual (rows, hidden) is updated in place; returns out (rows, hidden) as f32 of its bf16.
+// delta may be empty. row_index non-empty: gathered form, out has row_index.size() rows.
+std::vector<float> add_rms_norm(std::vector<float>& residual, const std::vector<float>& delta,
+                                const std::vector<float>& weight, const std::vector<int32_t>& row_index, int rows,
+                                int hidden, float eps);
+
+std::vector<float> silu_mul(const std::vector<float>& gate_up, int rows, int inter);
+
+std::vector<float> embed(const std::vector<float>& table, const std::vector<int32_t>& ids, int vocab, int hidden);
+
+// y (rows, out) = x . w^T via cuBLASLt; f32 output.
+std::vector<float> linear(const std::vector<float>& x, const std::vector<float>& w, int rows, int in, int out);
+
+struct QkvRopeOut {
+  std::vector<float> q;        // (T, Q)
+  std::vector<float> k_cache;  // (num_blocks, n_kv_heads, block_size, D)
+  std::vector<float> v_cache;
+};
+QkvRopeOut qkv_rope(const std::vector<float>& qkv, const std::vector<float>& bias, const std::vector<float>& q_norm,
+                    const std::vector<float>& k_norm, const std::vector<float>& inv_freq,
+                    const std::vector<int32_t>& positions, const std::vector<int32_t>& slots, int num_blocks,
+                    int n_heads, int n_kv_heads, int head_dim, int block_size, float eps);
+
+// Caches in the CUDA layout (num_blocks, n_kv_heads, block_size, D). items: 4 ints each.
+std::vector<float> attention(const std::vector<float>& q, const std::vector<float>& k_cache,
+                             const std::vector<float>& v_cache, const std::vector<int32_t>& positions,
+                             const std::vector<int32_t>& block_tables, int max_blocks_per_seq,
+                             const std::vector<int32_t>& items, int n_heads, int n_kv_heads, int head_dim,
+                             int block_size, int num_splits);
+int attention_tokens_per_item(int n_heads, int n_kv_heads);
+
+struct SampleRow {
+  float temperature;
+  float top_p;
+  int32_t top_k;
+  float u;
+};
+std::vector<int32_t> sample(const std::vector<float>& logits, const std::vector<SampleRow>& rows, int vocab);
+
+}  // namespace mpserve::backend::cuda::test_api

@@ -1,0 +1,86 @@
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/qkv_rope.cuh"
+
+namespace mpserve::backend::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+
+// One block per token, one warp per head (round robin). Lane l holds elements l + 32*j of the
+// head, so the rotate-half partner (i + D/2) of every element sits in the same lane.
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32) qkv_rope_kernel(QkvRopeArgs a) {
+  constexpr int kPer = D / 32;
+  constexpr int kHalf = kPer / 2;
+  const int t = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int q_dim = a.n_heads * D;
+  const int kv_dim = a.n_kv_heads * D;
+  const int total_heads = a.n_heads + 2 * a.n_kv_heads;
+  const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
+  const int pos = a.positions[t];
+  const int slot = a.slot_mapping[t];
+  for (int h = warp; h < total_heads; h += kWarps) {
+    const int base = h * D;  // column of the head inside [q | k | v]
+    float x[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      x[j] = row[base + lane + 32 * j];
+      if (a.bias) x[j] += __bfloat162float(a.bias[base + lane + 32 * j]);
+    }
+    const bool is_q = h < a.n_heads;
+    const bool is_v = h >= a.n_heads + a.n_kv_heads;
+    if (!is_v) {
+      const __nv_bfloat16* nw = is_q ? a.q_norm : a.k_norm;
+      if (nw) {
+        float ss = 0.f;
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) ss += x[j] * x[j];
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        const float inv = rsqrtf(ss / D + a.eps);
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) x[j] = x[j] * inv * __bfloat162float(nw[lane + 32 * j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kHalf; ++j) {
+        const int i = lane + 32 * j;  // i < D/2
+        float s, c;
+        sincosf(static_cast<float>(pos) * a.inv_freq[i], &s, &c);
+        const float x1 = x[j], x2 = x[j + kHalf];
+        x[j] = x1 * c - x2 * s;
+        x[j + kHalf] = x2 * c + x1 * s;
+      }
+    }
+    if (is_q) {
+      __nv_bfloat16* dst = a.q_out + static_cast<int64_t>(t) * q_dim + base;
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) dst[lane + 32 * j] = __float2bfloat16_rn(x[j]);
+    } else if (slot >= 0) {
+      const int kvh = is_v ? h - a.n_heads - a.n_kv_heads : h - a.n_heads;
+      const int64_t block = slot / a.block_size;
+      const int off = slot - static_cast<int>(block) * a.block_size;
+      __nv_bfloat16* cache = is_v ? a.v_cache : a.k_cache;
+      __nv_bfloat16* dst = cache + ((block * a.n_kv_heads + kvh) * a.block_size + off) * D;
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) dst[lane + 32 * j] = __float2bfloat16_rn(x[j]);
+    }
+  }
+}
+
+}  // namespace
+
+void qkv_rope_cache_write(const QkvRopeArgs& a, cudaStream_t stream) {
+  CUDA_SHAPE_CHECK(a.num_tokens >= 0 && a.n_heads > 0 && a.n_kv_heads > 0 && a.n_heads % a.n_kv_heads == 0);
+  CUDA_SHAPE_CHECK(a.head_dim == 64 || a.head_dim == 128);
+  CUDA_SHAPE_CHECK(a.block_size > 0 && a.qkv && a.q_out && a.k_cache && a.v_cache && a.inv_freq);
+  if (a.num_tokens == 0) return;
+  if (a.head_dim == 64) {
+    qkv_rope_kernel<64><<<a.num_tokens, kWarps * 32, 0, stream>>>(a);
+  } else {
+    qkv_rope_kernel<128><<<a.num_tokens, kWarps * 32, 0, stream>>>(a);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace mpserve::backend::cuda

@@ -57,6 +57,8 @@ class TensorStore {
   bool contains(const std::string& name) const { return where_.count(name) != 0; }
   Result<TensorView> tensor(const std::string& name) const;
   std::vector<std::string> names() const;
+  // Path of the file that holds `name` (for error messages); empty when absent.
+  std::string file_of(const std::string& name) const;
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
@@ -70,6 +72,11 @@ struct TensorToWrite {
   std::vector<int64_t> shape;
   std::string_view bytes;
 };
+// The 8-byte length prefix and the JSON header, padded with spaces to a multiple of 8 bytes, for
+// tensors laid out back to back in the given order; sets each entry's begin/end. The data section
+// follows directly (make-model streams it after this).
+std::string safetensors_header_bytes(std::vector<SafetensorsEntry>* entries,
+                                     const std::map<std::string, std::string>& metadata = {});
 Status write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
                          const std::map<std::string, std::string>& metadata = {});
 

@@ -8,6 +8,8 @@ namespace mpserve::cli {
 void add_generate_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_make_model_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
+void add_router_command(CLI::App& app);
 
 // Set by a subcommand's callback; main returns it.
 int& exit_code();

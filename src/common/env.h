@@ -20,6 +20,12 @@ inline constexpr const char* kMpsLogDir = "CUDA_MPS_LOG_DIRECTORY";
 inline constexpr const char* kMpsActiveThreadPct = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
 inline constexpr const char* kMpsPinnedMemLimit = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT";
 inline constexpr const char* kCudaVisibleDevices = "CUDA_VISIBLE_DEVICES";
+// Path of nvidia-cuda-mps-control for `mpserve serve` (tests point it at a stand-in); else found on PATH.
+inline constexpr const char* kMpsControlBin = "MPSERVE_MPS_CONTROL_BIN";
+// Set by `mpserve serve` on every process it starts; its cleanup finds leftovers by this mark.
+inline constexpr const char* kSupervisorToken = "MPSERVE_SUPERVISOR_TOKEN";
+// Executable search path (the supervisor resolves engine and MPS commands on it).
+inline constexpr const char* kPath = "PATH";
 
 std::optional<std::string> get(const char* name);
 std::string get_string(const char* name, const std::string& fallback);

@@ -308,6 +308,9 @@ void CudaBackend::warm_up() {
   }
   StepOutput out;
   step(batch, false, &out);
+  // A graph captured here would point at the throw-away cache.
+  for (auto& [b, g] : graphs_) CUDA_CHECK(cudaGraphExecDestroy(g));
+  graphs_.clear();
   mem_.free(kv_);
   kv_ = nullptr;
 }

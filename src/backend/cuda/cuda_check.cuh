@@ -10,6 +10,8 @@ namespace mpserve::backend::cuda {
 // Prints "CUDA error: <statement> at file:line: <message>" and aborts (a device fault is a broken
 // invariant, STYLE.md). Defined in cuda_check.cpp.
 [[noreturn]] void cuda_check_failed(const char* stmt, const char* file, int line, const char* message);
+// "CUBLAS_STATUS_..." for a status code (cuBLASLt alone has no such function).
+const char* cublas_status_name(int status);
 }  // namespace mpserve::backend::cuda
 
 // One macro for every CUDA runtime call.
@@ -25,7 +27,7 @@ namespace mpserve::backend::cuda {
   do {                                                                                                          \
     cublasStatus_t mps_cublas_st_ = (stmt);                                                                     \
     if (mps_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                                \
-      ::mpserve::backend::cuda::cuda_check_failed(#stmt, __FILE__, __LINE__, cublasGetStatusString(mps_cublas_st_)); \
+      ::mpserve::backend::cuda::cuda_check_failed(#stmt, __FILE__, __LINE__, ::mpserve::backend::cuda::cublas_status_name(mps_cublas_st_)); \
   } while (0)
 
 // Launcher shape checks: a wrong shape is a caller bug.

@@ -1,0 +1,239 @@
+// Every CUDA kernel against the CPU reference op (backend/cpu/ops.h) on fresh random inputs.
+// Tolerances: bf16 outputs or operands 1e-2 normalized error; f32-only paths 1e-5.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "backend/cpu/ops.h"
+#include "backend/cuda/kernel_test_api.h"
+#include "backend/sampling.h"
+#include "common/thread_pool.h"
+#include "cuda/cuda_test_util.h"
+
+namespace mpserve {
+namespace {
+
+namespace api = backend::cuda::test_api;
+namespace cpu = backend::cpu;
+using cuda_test::f32_view;
+using cuda_test::random_vec;
+using cuda_test::rel_err;
+using cuda_test::round_bf16;
+
+constexpr double kBf16Tol = 1e-2;
+
+class CudaKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
+  }
+  std::mt19937 rng_{std::random_device{}()};
+  ThreadPool pool_{4};
+};
+
+TEST_F(CudaKernels, add_rms_norm_matches_cpu_and_advances_residual) {
+  const int rows = 37, hidden = 896;
+  auto res = random_vec(size_t(rows) * hidden, rng_), delta = random_vec(size_t(rows) * hidden, rng_);
+  auto w = round_bf16(random_vec(hidden, rng_));
+  auto res_cpu = res;
+  std::vector<float> ref(res.size());
+  cpu::add_rms_norm(res_cpu.data(), delta.data(), f32_view(w, {hidden}), ref.data(), rows, hidden, 1e-6f);
+  auto out = api::add_rms_norm(res, delta, w, {}, rows, hidden, 1e-6f);
+  EXPECT_LT(rel_err(out, ref), kBf16Tol);
+  EXPECT_LT(rel_err(res, res_cpu), 1e-6);
+}
+
+TEST_F(CudaKernels, add_rms_norm_gathers_rows_without_touching_residual) {
+  const int rows = 20, hidden = 256;
+  auto res = random_vec(size_t(rows) * hidden, rng_), delta = random_vec(size_t(rows) * hidden, rng_);
+  auto w = round_bf16(random_vec(hidden, rng_));
+  const std::vector<int32_t> idx = {19, 3, 7};
+  std::vector<float> sel, ref(idx.size() * hidden);
+  for (int32_t r : idx)
+    for (int i = 0; i < hidden; ++i) sel.push_back(res[size_t(r) * hidden + i] + delta[size_t(r) * hidden + i]);
+  cpu::rms_norm(sel.data(), f32_view(w, {hidden}), ref.data(), int64_t(idx.size()), hidden, 1e-6f);
+  const auto before = res;
+  auto out = api::add_rms_norm(res, delta, w, idx, rows, hidden, 1e-6f);
+  EXPECT_LT(rel_err(out, ref), kBf16Tol);
+  EXPECT_EQ(res, before);
+}
+
+TEST_F(CudaKernels, silu_mul_matches_cpu) {
+  const int rows = 33, inter = 4864;
+  auto gu = round_bf16(random_vec(size_t(rows) * 2 * inter, rng_, 2.f));
+  std::vector<float> ref(size_t(rows) * inter);
+  cpu::silu_mul(gu.data(), ref.data(), rows, inter);
+  EXPECT_LT(rel_err(api::silu_mul(gu, rows, inter), ref), kBf16Tol);
+}
+
+TEST_F(CudaKernels, embed_matches_cpu_exactly) {
+  const int vocab = 1000, hidden = 128;
+  auto table = round_bf16(random_vec(size_t(vocab) * hidden, rng_));
+  std::vector<int32_t> ids = {0, 999, 5, 5, 321};
+  std::vector<float> ref(ids.size() * hidden);
+  cpu::embed(f32_view(table, {vocab, hidden}), ids.data(), int64_t(ids.size()), ref.data());
+  EXPECT_EQ(api::embed(table, ids, vocab, hidden), ref);
+}
+
+TEST_F(CudaKernels, linear_matches_cpu) {
+  const int rows = 45, in = 512, out = 1000;
+  auto x = round_bf16(random_vec(size_t(rows) * in, rng_)), w = round_bf16(random_vec(size_t(out) * in, rng_));
+  std::vector<float> ref(size_t(rows) * out);
+  cpu::linear(x.data(), f32_view(w, {out, in}), model::TensorView{}, ref.data(), rows, pool_);
+  EXPECT_LT(rel_err(api::linear(x, w, rows, in, out), ref), 1e-4);  // bf16 operands are exact; f32 accumulate
+}
+
+// bias + optional per-head q/k RMSNorm + RoPE + cache write, against the CPU ops composed the
+// way the CPU backend composes them.
+void check_qkv_rope(std::mt19937& rng, int head_dim, bool bias, bool qk_norm) {
+  const int t = 19, nh = 4, nkv = 2, bs = 16, num_blocks = 8;
+  const int q = nh * head_dim, k = nkv * head_dim, width = q + 2 * k;
+  auto qkv = random_vec(size_t(t) * width, rng);
+  auto b = bias ? round_bf16(random_vec(width, rng)) : std::vector<float>{};
+  auto qn = qk_norm ? round_bf16(random_vec(head_dim, rng)) : std::vector<float>{};
+  auto kn = qk_norm ? round_bf16(random_vec(head_dim, rng)) : std::vector<float>{};
+  std::vector<float> inv_freq(size_t(head_dim / 2));
+  for (int i = 0; i < head_dim / 2; ++i) inv_freq[size_t(i)] = std::pow(10000.f, -2.f * i / head_dim);
+  std::vector<int32_t> pos(t), slots(t);
+  const std::vector<int32_t> table = {5, 2, 7};
+  for (int i = 0; i < t; ++i) {
+    pos[size_t(i)] = 13 + i;
+    slots[size_t(i)] = table[size_t(pos[size_t(i)] / bs)] * bs + pos[size_t(i)] % bs;
+  }
+  auto got = api::qkv_rope(qkv, b, qn, kn, inv_freq, pos, slots, num_blocks, nh, nkv, head_dim, bs, 1e-6f);
+
+  std::vector<float> rq(size_t(t) * q), rk(size_t(t) * k), rv(size_t(t) * k);
+  for (int i = 0; i < t; ++i)
+    for (int c = 0; c < width; ++c) {
+      const float v = qkv[size_t(i) * width + c] + (bias ? b[size_t(c)] : 0.f);
+      if (c < q) rq[size_t(i) * q + c] = v;
+      else if (c < q + k) rk[size_t(i) * k + c - q] = v;
+      else rv[size_t(i) * k + c - q - k] = v;
+    }
+  if (qk_norm) {
+    cpu::rms_norm(rq.data(), f32_view(qn, {head_dim}), rq.data(), int64_t(t) * nh, head_dim, 1e-6f);
+    cpu::rms_norm(rk.data(), f32_view(kn, {head_dim}), rk.data(), int64_t(t) * nkv, head_dim, 1e-6f);
+  }
+  cpu::rope(rq.data(), pos.data(), t, nh, head_dim, inv_freq);
+  cpu::rope(rk.data(), pos.data(), t, nkv, head_dim, inv_freq);
+  EXPECT_LT(rel_err(got.q, rq), kBf16Tol);
+  // Read the written slots back out of the CUDA layout (num_blocks, nkv, bs, D).
+  std::vector<float> gk(rk.size()), gv(rv.size());
+  for (int i = 0; i < t; ++i)
+    for (int h = 0; h < nkv; ++h)
+      for (int d = 0; d < head_dim; ++d) {
+        const int blk = slots[size_t(i)] / bs, off = slots[size_t(i)] % bs;
+        const size_t src = ((size_t(blk) * nkv + h) * bs + off) * head_dim + d;
+        gk[size_t(i) * k + h * head_dim + d] = got.k_cache[src];
+        gv[size_t(i) * k + h * head_dim + d] = got.v_cache[src];
+      }
+  EXPECT_LT(rel_err(gk, rk), kBf16Tol);
+  EXPECT_LT(rel_err(gv, rv), kBf16Tol);
+}
+
+TEST_F(CudaKernels, qkv_rope_qwen2_bias_d128) { check_qkv_rope(rng_, 128, true, false); }
+TEST_F(CudaKernels, qkv_rope_qwen3_qk_norm_d64) { check_qkv_rope(rng_, 64, false, true); }
+
+// Paged attention over several sequences with different cached prefixes and new-token counts
+// (prefill, chunked prefill, decode), in a scattered block table.
+void check_attention(std::mt19937& rng, int head_dim, int nh, int nkv, const std::vector<std::pair<int, int>>& seqs,
+                     int num_splits) {
+  const int bs = 16, max_blocks = 64, num_blocks = 256;
+  const int qd = nh * head_dim;
+  auto kc = round_bf16(random_vec(size_t(num_blocks) * nkv * bs * head_dim, rng));
+  auto vc = round_bf16(random_vec(size_t(num_blocks) * nkv * bs * head_dim, rng));
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> tables(seqs.size() * max_blocks, 0), positions, items;
+  int t = 0, next = 0;
+  const int tpi = api::attention_tokens_per_item(nh, nkv);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const auto [ctx, n] = seqs[s];
+    for (int b = 0; b < (ctx + n + bs - 1) / bs; ++b) tables[s * max_blocks + size_t(b)] = perm[size_t(next++)];
+    for (int j = 0; j < n; ++j) positions.push_back(ctx + j);
+    for (int j0 = 0; j0 < n; j0 += tpi) items.insert(items.end(), {int32_t(s), t + j0, std::min(tpi, n - j0), 0});
+    t += n;
+  }
+  auto q = round_bf16(random_vec(size_t(t) * qd, rng));
+  auto got = api::attention(q, kc, vc, positions, tables, max_blocks, items, nh, nkv, head_dim, bs, num_splits);
+
+  // CPU reference reads (num_blocks, bs, nkv, D) f32: transpose the cache.
+  std::vector<float> kr(kc.size()), vr(vc.size());
+  for (int b = 0; b < num_blocks; ++b)
+    for (int h = 0; h < nkv; ++h)
+      for (int o = 0; o < bs; ++o)
+        for (int d = 0; d < head_dim; ++d) {
+          const size_t src = ((size_t(b) * nkv + h) * bs + o) * head_dim + d;
+          const size_t dst = ((size_t(b) * bs + o) * nkv + h) * head_dim + d;
+          kr[dst] = kc[src];
+          vr[dst] = vc[src];
+        }
+  cpu::KvLayerView kv{kr.data(), vr.data(), bs, nkv, head_dim};
+  ThreadPool pool(4);
+  std::vector<float> ref(size_t(t) * qd);
+  int off = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const auto [ctx, n] = seqs[s];
+    std::span<const int32_t> bt(tables.data() + s * max_blocks, size_t((ctx + n + bs - 1) / bs));
+    cpu::paged_attention(q.data() + size_t(off) * qd, kv, bt, ctx, n, nh, 1.0f / std::sqrt(float(head_dim)),
+                         ref.data() + size_t(off) * qd, pool);
+    off += n;
+  }
+  EXPECT_LT(rel_err(got, ref), kBf16Tol) << "head_dim " << head_dim << " splits " << num_splits;
+}
+
+TEST_F(CudaKernels, attention_prefill_and_chunked_prefill_gqa) {
+  check_attention(rng_, 128, 14, 2, {{0, 37}, {50, 20}, {0, 1}, {100, 64}}, 1);
+  check_attention(rng_, 64, 8, 2, {{0, 100}, {33, 7}}, 1);
+  check_attention(rng_, 128, 16, 16, {{0, 9}, {17, 30}}, 1);  // MHA
+}
+
+TEST_F(CudaKernels, attention_decode_split_k_matches_unsplit) {
+  for (int splits : {1, 3, 8}) {
+    check_attention(rng_, 128, 28, 4, {{900, 1}, {5, 1}, {0, 1}, {511, 1}}, splits);
+    check_attention(rng_, 64, 14, 2, {{700, 1}, {31, 1}}, splits);
+  }
+}
+
+// The GPU sampler against sample_token on identical logits: every token must match.
+TEST_F(CudaKernels, sampler_draws_the_reference_token) {
+  const int vocab = 5000;
+  std::vector<api::SampleRow> rows;
+  std::vector<backend::SamplingParams> params;
+  std::vector<uint64_t> counters;
+  const float temps[] = {0.f, 0.7f, 1.0f, 1.3f};
+  const float top_ps[] = {1.0f, 0.9f, 0.5f, 0.05f};
+  const int top_ks[] = {0, 1, 5, 50, 4999, 6000};
+  uint64_t n = 0;
+  for (float temp : temps)
+    for (float tp : top_ps)
+      for (int tk : top_ks) {
+        backend::SamplingParams p;
+        p.temperature = temp;
+        p.top_p = tp;
+        p.top_k = tk;
+        p.seed = 1234 + n;
+        params.push_back(p);
+        counters.push_back(n * 7);
+        rows.push_back({temp, tp, tk, backend::sampling_uniform(p.seed, n * 7)});
+        ++n;
+      }
+  for (int round = 0; round < 2; ++round) {
+    // Round 1 quantizes logits to a few values: many ties, resolved by id.
+    auto logits = random_vec(rows.size() * vocab, rng_, 3.f);
+    if (round == 1)
+      for (float& x : logits) x = std::round(x * 2.f) / 2.f;
+    auto got = api::sample(logits, rows, vocab);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      std::span<const float> row(logits.data() + r * vocab, vocab);
+      EXPECT_EQ(got[r], backend::sample_token(row, params[r], counters[r]))
+          << "round " << round << " T " << rows[r].temperature << " top_p " << rows[r].top_p << " top_k "
+          << rows[r].top_k;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mpserve

@@ -192,6 +192,29 @@ void Supervisor::loop() {
     tick();
     std::this_thread::sleep_for(kTick);
   }
+  // note: PR_SET_PDEATHSIG fires when the *thread* that forked a child exits; engines restarted by this
+  // thread would be SIGKILLed the moment it returned, so it stops them (gracefully) before returning.
+  stop_engines();
+}
+
+void Supervisor::stop_engines() {
+  // Every group gets SIGTERM at once (engines drain in parallel), then the stragglers get SIGKILL.
+  for (size_t i = 0; i < engines_.size(); ++i) {
+    if (engines_[i].pid > 0) {
+      publish(i, "stopping");
+      kill(-engines_[i].pid, SIGTERM);
+    }
+  }
+  auto until = Clock::now() + options_.stop_grace;
+  for (size_t i = 0; i < engines_.size(); ++i) {
+    Engine& e = engines_[i];
+    if (e.pid <= 0) continue;
+    while (Clock::now() < until && !try_reap(e.pid).has_value()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    terminate_group(e.pid, std::chrono::milliseconds(0));
+    e.pid = -1;
+    e.state = State::kStopped;
+    publish(i, "stopped");
+  }
 }
 
 std::string Supervisor::engine_log_tail(size_t i) const {
@@ -422,24 +445,8 @@ void Supervisor::shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   stop_ = true;
-  if (thread_.joinable()) thread_.join();
-  // Every group gets SIGTERM at once (engines drain in parallel), then the stragglers get SIGKILL.
-  for (size_t i = 0; i < engines_.size(); ++i) {
-    if (engines_[i].pid > 0) {
-      publish(i, "stopping");
-      kill(-engines_[i].pid, SIGTERM);
-    }
-  }
-  auto until = Clock::now() + options_.stop_grace;
-  for (size_t i = 0; i < engines_.size(); ++i) {
-    Engine& e = engines_[i];
-    if (e.pid <= 0) continue;
-    while (Clock::now() < until && !try_reap(e.pid).has_value()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    terminate_group(e.pid, std::chrono::milliseconds(0));
-    e.pid = -1;
-    e.state = State::kStopped;
-    publish(i, "stopped");
-  }
+  if (thread_.joinable()) thread_.join();  // the loop stops the engines on its way out
+  else stop_engines();
   for (Gpu& g : gpus_) {
     if (!g.daemon) continue;
     Status st = g.daemon->stop(kMpsQuitTimeout);

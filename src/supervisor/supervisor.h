@@ -113,6 +113,7 @@ class Supervisor {
   };
   void take_snapshot();
   void loop();
+  void stop_engines();
   void tick();
   Status spawn(size_t i);
   void on_exit(size_t i, int wait_status);

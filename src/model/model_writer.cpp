@@ -208,7 +208,10 @@ std::string generation_config_json(const ModelConfig& c) {
 }
 
 Status write_tokenizer(const MakeModelOptions& opts, const ModelConfig& c) {
-  const std::filesystem::path src = opts.tokenizer_source_dir;
+  std::filesystem::path src = opts.tokenizer_source_dir;
+  if (src.empty()) {
+    MPS_ASSIGN_OR_RETURN(src, find_tokenizer_source_dir());
+  }
   MPS_ASSIGN_OR_RETURN(std::string tok, read_file(src / "tokenizer.json"));
   MPS_ASSIGN_OR_RETURN(std::string tok_config, read_file(src / "tokenizer_config.json"));
   if (c.arch == Arch::kLlama) {

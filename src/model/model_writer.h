@@ -19,7 +19,8 @@ struct MakeModelOptions {
   std::string shape = "tiny";
   std::filesystem::path out_dir;
   uint64_t seed = 0;
-  // Directory with the source tokenizer.json and tokenizer_config.json (Qwen vocabulary).
+  // Directory with the source tokenizer.json and tokenizer_config.json (Qwen vocabulary);
+  // empty means find_tokenizer_source_dir().
   std::filesystem::path tokenizer_source_dir;
 };
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/ops.h"
+#include "backend/cpu/ops_detail.h"
 #include "backend/test_model.h"
 
 namespace mpserve::backend::cpu {
@@ -85,7 +86,13 @@ TEST(CpuOps, add_rms_norm_adds_then_normalises) {
   EXPECT_LT(normalized_error(y, naive_rms_norm(sum, w, rows, dim, 1e-5f)), 1e-5);
 }
 
-TEST(CpuOps, linear_matches_naive_for_every_dtype_shape_and_thread_count) {
+class CpuOpsKernel : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override { linear_force_baseline(GetParam()); }
+  void TearDown() override { linear_force_baseline(false); }
+};
+
+TEST_P(CpuOpsKernel, linear_matches_naive_for_every_dtype_shape_and_thread_count) {
   TensorArena arena;
   ThreadPool pool1(1), pool3(3);
   for (auto dt : {model::DType::kF32, model::DType::kBF16, model::DType::kF16}) {
@@ -114,6 +121,9 @@ TEST(CpuOps, linear_matches_naive_for_every_dtype_shape_and_thread_count) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Kernels, CpuOpsKernel, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "baseline" : "best"; });
 
 TEST(CpuOps, rope_equals_complex_rotation_of_half_pairs) {
   const int64_t rows = 4, heads = 3, hd = 10;

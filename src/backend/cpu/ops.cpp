@@ -1,6 +1,7 @@
 #include "backend/cpu/ops.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -50,52 +51,100 @@ float dot(const float* a, const float* b, int64_t n) {
 // y[r * ldy + c] = dot(x row r, w row c) for an R x C tile; rows of x are ldx apart, rows of w
 // are ldw apart, both of length k.
 // note: one pass over k feeds R*C dot products, so each loaded x and w element is used C and R
-// times; the 4 lanes per product are the vector width the baseline x86-64 (SSE2) has.
-template <int R, int C>
-inline void dot_tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t k, float* y, int64_t ldy) {
-  constexpr int L = 4;
-  float acc[R][C][L] = {};
+// times. L lanes of partial sums per product match the vector width (4 for SSE2, 8 for AVX2),
+// which lets the compiler vectorise without -ffast-math.
+#if defined(__GNUC__)
+// note: forced so the tile loops are compiled inside each target-specific matmul_block.
+#define MPS_TILE_INLINE inline __attribute__((always_inline))
+#else
+#define MPS_TILE_INLINE inline
+#endif
+
+template <int L, int R, int C>
+MPS_TILE_INLINE void dot_tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t k, float* y,
+                              int64_t ldy) {
+  // note: a GCC/Clang vector type keeps each accumulator in one register (plain float arrays
+  // were partly spilled to the stack); memcpy is the unaligned load.
+  typedef float Vec __attribute__((vector_size(L * sizeof(float))));
+  Vec acc[R][C] = {};
   int64_t i = 0;
   for (; i + L <= k; i += L) {
+    Vec xv[R], wv[C];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) std::memcpy(&xv[r], x + r * ldx + i, sizeof(Vec));
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) std::memcpy(&wv[c], w + c * ldw + i, sizeof(Vec));
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      for (int c = 0; c < C; ++c) {
-        for (int l = 0; l < L; ++l) acc[r][c][l] += x[r * ldx + i + l] * w[c * ldw + i + l];
-      }
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] += xv[r] * wv[c];
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < C; ++c) {
-      float s = (acc[r][c][0] + acc[r][c][1]) + (acc[r][c][2] + acc[r][c][3]);
+      float s = 0.0f;
+      for (int l = 0; l < L; ++l) s += acc[r][c][l];
       for (int64_t j = i; j < k; ++j) s += x[r * ldx + j] * w[c * ldw + j];
       y[r * ldy + c] = s;
     }
   }
 }
 
-template <int R>
-void dot_rows(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t ncols, int64_t k, float* y,
-              int64_t ldy) {
-  int64_t c = 0;
-  for (; c + 2 <= ncols; c += 2) dot_tile<R, 2>(x, ldx, w + c * ldw, ldw, k, y + c, ldy);
-  for (; c < ncols; ++c) dot_tile<R, 1>(x, ldx, w + c * ldw, ldw, k, y + c, ldy);
+// y[0..rows) x [0..ncols) = x (rows, k) . w (ncols, k)^T, y row stride ldy.
+template <int L>
+MPS_TILE_INLINE void matmul_tiles(const float* x, int64_t rows, const float* w, int64_t ncols, int64_t k, float* y,
+                                  int64_t ldy) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    int64_t c = 0;
+    for (; c + 2 <= ncols; c += 2) dot_tile<L, 4, 2>(x + r * k, k, w + c * k, k, k, y + r * ldy + c, ldy);
+    for (; c < ncols; ++c) dot_tile<L, 4, 1>(x + r * k, k, w + c * k, k, k, y + r * ldy + c, ldy);
+  }
+  for (; r < rows; ++r) {
+    int64_t c = 0;
+    for (; c + 4 <= ncols; c += 4) dot_tile<L, 1, 4>(x + r * k, k, w + c * k, k, k, y + r * ldy + c, ldy);
+    for (; c < ncols; ++c) dot_tile<L, 1, 1>(x + r * k, k, w + c * k, k, k, y + r * ldy + c, ldy);
+  }
 }
 
-// y[0..rows) x [0..ncols) = x (rows, k) . w (ncols, k)^T, y row stride ldy.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// note: a second copy compiled for AVX2+FMA is chosen at load time where the CPU has it; the
-// default copy keeps the binary runnable on any x86-64.
-__attribute__((target_clones("arch=x86-64-v3", "default")))
+void matmul_block_baseline(const float* x, int64_t rows, const float* w, int64_t ncols, int64_t k, float* y,
+                           int64_t ldy) {
+  matmul_tiles<4>(x, rows, w, ncols, k, y, ldy);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// note: a copy compiled for AVX2+FMA, chosen at run time where the CPU has them; the baseline
+// copy keeps the binary runnable on any x86-64 (no -march flags).
+__attribute__((target("avx2,fma"))) void matmul_block_avx2(const float* x, int64_t rows, const float* w,
+                                                             int64_t ncols, int64_t k, float* y, int64_t ldy) {
+  matmul_tiles<8>(x, rows, w, ncols, k, y, ldy);
+}
+bool cpu_has_avx2_fma() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
 #endif
+
+std::atomic<bool> g_force_baseline{false};
+
 void matmul_block(const float* x, int64_t rows, const float* w, int64_t ncols, int64_t k, float* y, int64_t ldy) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) dot_rows<4>(x + r * k, k, w, k, ncols, k, y + r * ldy, ldy);
-  for (; r < rows; ++r) dot_rows<1>(x + r * k, k, w, k, ncols, k, y + r * ldy, ldy);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (!g_force_baseline.load(std::memory_order_relaxed) && cpu_has_avx2_fma()) {
+    return matmul_block_avx2(x, rows, w, ncols, k, y, ldy);
+  }
+#endif
+  matmul_block_baseline(x, rows, w, ncols, k, y, ldy);
 }
 
 // Weight rows converted to f32 at a time, per thread.
 constexpr int64_t kOutBlock = 16;
 
 }  // namespace
+
+void linear_force_baseline(bool on) { g_force_baseline.store(on); }
 
 float load_element(const model::TensorView& t, int64_t i) {
   switch (t.dtype) {

@@ -14,6 +14,9 @@ namespace mpserve::backend::cpu {
 void linear_strided(const float* x, const model::TensorView& w, const model::TensorView& bias, float* y,
                     int64_t ldy, int64_t rows, ThreadPool& pool);
 
+// Tests: makes linear() use its baseline x86-64 (SSE2) kernel even where the CPU has AVX2+FMA.
+void linear_force_baseline(bool on);
+
 // One query head attending over keys/values at positions [0, kv_len) of one sequence:
 // q (head_dim), out (head_dim), scratch (>= kv_len floats). kv_head is the KV head this query
 // head reads (GQA).

@@ -1,0 +1,101 @@
+// IncrementalDetokenizer: streamed pieces are always complete UTF-8 and add up to decode().
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tokenizer/byte_level.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
+#include "tokenizer_test_util.h"
+
+namespace mpserve::tokenizer {
+namespace {
+
+using testing::qwen;
+
+int32_t byte_id(const Tokenizer& tok, uint8_t b) { return *tok.token_to_id(byte_to_utf8(b)); }
+
+// Pushes every id, checks each piece is valid UTF-8, and returns the whole stream.
+std::string stream(const Tokenizer& tok, const std::vector<int32_t>& ids, bool skip_special) {
+  IncrementalDetokenizer detok(tok, skip_special);
+  std::string all;
+  for (int32_t id : ids) {
+    const std::string piece = detok.push(id);
+    EXPECT_TRUE(utf8_is_valid(piece)) << "broken UTF-8 emitted after id " << id;
+    all += piece;
+  }
+  const std::string tail = detok.flush();
+  EXPECT_TRUE(utf8_is_valid(tail));
+  return all + tail;
+}
+
+TEST(TokenizerDetokenizer, holds_back_an_emoji_split_across_tokens) {
+  const Tokenizer* tok = qwen();
+  ASSERT_NE(tok, nullptr);
+  IncrementalDetokenizer detok(*tok, false);
+  EXPECT_EQ(detok.push(*tok->token_to_id("Hi")), "Hi");
+  EXPECT_EQ(detok.push(byte_id(*tok, 0xF0)), "");
+  EXPECT_EQ(detok.push(byte_id(*tok, 0x9F)), "");
+  EXPECT_EQ(detok.push(byte_id(*tok, 0x98)), "");
+  EXPECT_EQ(detok.push(byte_id(*tok, 0x80)), "\xF0\x9F\x98\x80");
+  EXPECT_EQ(detok.flush(), "");
+}
+
+TEST(TokenizerDetokenizer, flush_replaces_an_unfinished_character) {
+  const Tokenizer* tok = qwen();
+  ASSERT_NE(tok, nullptr);
+  IncrementalDetokenizer detok(*tok, false);
+  EXPECT_EQ(detok.push(byte_id(*tok, 0xE4)), "");
+  EXPECT_EQ(detok.push(byte_id(*tok, 0xBD)), "");
+  EXPECT_EQ(detok.flush(), kReplacementChar);
+  // An impossible continuation is replaced at once, like decode() does.
+  EXPECT_EQ(detok.push(byte_id(*tok, 0xE4)), "");
+  EXPECT_EQ(detok.push(*tok->token_to_id("A")), std::string(kReplacementChar) + "A");
+}
+
+TEST(TokenizerDetokenizer, never_passes_overlongs_surrogates_or_out_of_range_bytes) {
+  const Tokenizer* tok = qwen();
+  ASSERT_NE(tok, nullptr);
+  for (const std::string bad : {"\xC0\x80", "\xED\xA0\x80", "\xF5\x80\x80\x80", "\xF4\x90\x80\x80", "\xE0\x80\x80"}) {
+    std::vector<int32_t> ids;
+    for (char c : bad) ids.push_back(byte_id(*tok, static_cast<uint8_t>(c)));
+    EXPECT_EQ(stream(*tok, ids, false), tok->decode(ids));
+  }
+}
+
+TEST(TokenizerDetokenizer, valid_text_streams_back_to_itself) {
+  const Tokenizer* tok = qwen();
+  ASSERT_NE(tok, nullptr);
+  for (const std::string text :
+       {"Hello, world!", "你好，世界！今天天气很好。", "👨‍👩‍👧‍👦 family, 👩🏽‍💻 coder 🇺🇸🇯🇵", "नमस्ते दुनिया", "😀😃😄😁 ☃ ★"}) {
+    EXPECT_EQ(stream(*tok, tok->encode(text), false), text);
+  }
+}
+
+TEST(TokenizerDetokenizer, random_id_streams_match_full_decode) {
+  const Tokenizer* tok = qwen();
+  ASSERT_NE(tok, nullptr);
+  std::mt19937 rng(99);
+  for (int iter = 0; iter < 300; ++iter) {
+    std::vector<int32_t> ids(rng() % 40);
+    for (int32_t& id : ids) {
+      // Mostly single bytes (to split characters), sometimes any token, specials included.
+      id = rng() % 3 ? byte_id(*tok, static_cast<uint8_t>(rng() & 0xFF)) : static_cast<int32_t>(rng() % 151669);
+    }
+    const bool skip = iter % 2 == 0;
+    ASSERT_EQ(stream(*tok, ids, skip), tok->decode(ids, skip)) << "iteration " << iter;
+  }
+}
+
+TEST(TokenizerDetokenizer, skips_special_tokens_on_request) {
+  const Tokenizer* tok = qwen();
+  ASSERT_NE(tok, nullptr);
+  const auto ids = tok->encode("<|im_start|>assistant\nok<|im_end|>");
+  EXPECT_EQ(stream(*tok, ids, true), "assistant\nok");
+  EXPECT_EQ(stream(*tok, ids, false), "<|im_start|>assistant\nok<|im_end|>");
+}
+
+}  // namespace
+}  // namespace mpserve::tokenizer

@@ -71,6 +71,33 @@ struct StepOutput {
   std::vector<float> logits;
 };
 
+// Host-side timing of the last step(), for benchmarks (bench offline).
+struct StepTimings {
+  bool valid = false;        // false: the backend does not time its steps
+  bool decode_only = false;  // every entry ran one token and sampled
+  bool graph = false;        // replayed a captured CUDA graph
+  int32_t num_tokens = 0;
+  int32_t num_seqs = 0;
+  double host_us = 0;        // inside step() but not blocked on the device (packing, launches)
+  double wait_us = 0;        // blocked on the device
+};
+
+// The card's two ceilings, measured by the backend on its own device.
+struct DeviceCeilings {
+  std::string device_name;
+  std::string driver;        // CUDA version the driver supports, e.g. "13.0" (nvidia-smi has its own number)
+  std::string runtime;       // CUDA runtime version, e.g. "13.0"
+  double copy_gb_s = 0;      // device-to-device copy of a large buffer, (bytes read + written) / time
+  double bf16_tflops = 0;    // a large bf16 GEMM (f32 accumulate) through the backend's GEMM library
+};
+
+// Accumulated device time of one kernel (group) while kernel profiling is on.
+struct KernelTime {
+  std::string name;          // "decode/attention", "prefill/gemm_qkv", ...
+  int64_t calls = 0;
+  double total_us = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -81,6 +108,18 @@ class Backend {
   virtual int32_t block_size() const = 0;
   // Runs one step. Must not fail for a batch the scheduler built within the options' limits.
   virtual void step(const Batch& batch, bool want_logits, StepOutput* out) = 0;
+
+  // Benchmark hooks (additive; the defaults say "not supported"). They are const because the
+  // engine hands out only a const Backend: none of them changes what step() computes.
+  virtual StepTimings last_step_timings() const { return {}; }
+  // Allocates and frees its own scratch buffers; needs ~2.5 GiB free on a GPU.
+  virtual Result<DeviceCeilings> measure_ceilings() const {
+    return Status::errorf("{} backend: device ceilings not supported", name());
+  }
+  // While on, steps run eagerly (no graphs) with a timer around every kernel; slower, so a
+  // benchmark profiles in a pass of its own. Returns false when not supported.
+  virtual bool set_kernel_profiling(bool /*on*/) const { return false; }
+  virtual std::vector<KernelTime> kernel_profile() const { return {}; }
 };
 
 // Creates the backend for opts.device. CUDA in a build without it, or without a usable GPU,

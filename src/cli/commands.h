@@ -10,6 +10,7 @@ void add_tokenize_command(CLI::App& app);
 void add_make_model_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_router_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 void add_engine_command(CLI::App& app);
 
 // Set by a subcommand's callback; main returns it.

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   mpserve::cli::add_make_model_command(app);
   mpserve::cli::add_serve_command(app);
   mpserve::cli::add_router_command(app);
+  mpserve::cli::add_bench_command(app);
   mpserve::cli::add_engine_command(app);
   try {
     app.parse(argc, argv);

@@ -197,6 +197,107 @@ TEST_F(CudaKernels, attention_decode_split_k_matches_unsplit) {
   }
 }
 
+// The decode kernel against the CPU reference, over partition sizes that give one and many
+// partitions per sequence, GQA groups of 1..8, and contexts that end mid-block.
+void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv, const std::vector<int>& ctxs,
+                            int partition) {
+  const int bs = 16, max_blocks = 64, num_blocks = 256;
+  const int qd = nh * head_dim, t = int(ctxs.size());
+  auto kc = round_bf16(random_vec(size_t(num_blocks) * nkv * bs * head_dim, rng));
+  auto vc = round_bf16(random_vec(size_t(num_blocks) * nkv * bs * head_dim, rng));
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> tables(size_t(t) * max_blocks, 0), positions;
+  int next = 0;
+  for (int s = 0; s < t; ++s) {
+    for (int b = 0; b < (ctxs[size_t(s)] + 1 + bs - 1) / bs; ++b) tables[size_t(s) * max_blocks + size_t(b)] = perm[size_t(next++)];
+    positions.push_back(ctxs[size_t(s)]);
+  }
+  auto q = round_bf16(random_vec(size_t(t) * qd, rng));
+  auto got = api::decode_attention(q, kc, vc, positions, tables, max_blocks, nh, nkv, head_dim, bs, partition);
+  std::vector<float> kr(kc.size()), vr(vc.size());
+  for (int b = 0; b < num_blocks; ++b)
+    for (int h = 0; h < nkv; ++h)
+      for (int o = 0; o < bs; ++o)
+        for (int d = 0; d < head_dim; ++d) {
+          const size_t src = ((size_t(b) * nkv + h) * bs + o) * head_dim + d;
+          const size_t dst = ((size_t(b) * bs + o) * nkv + h) * head_dim + d;
+          kr[dst] = kc[src];
+          vr[dst] = vc[src];
+        }
+  cpu::KvLayerView kv{kr.data(), vr.data(), bs, nkv, head_dim};
+  ThreadPool pool(4);
+  std::vector<float> ref(size_t(t) * qd);
+  for (int s = 0; s < t; ++s) {
+    const int ctx = ctxs[size_t(s)];
+    std::span<const int32_t> bt(tables.data() + size_t(s) * max_blocks, size_t((ctx + 1 + bs - 1) / bs));
+    cpu::paged_attention(q.data() + size_t(s) * qd, kv, bt, ctx, 1, nh, 1.0f / std::sqrt(float(head_dim)),
+                         ref.data() + size_t(s) * qd, pool);
+  }
+  EXPECT_LT(rel_err(got, ref), kBf16Tol) << "head_dim " << head_dim << " heads " << nh << "/" << nkv << " partition "
+                                         << partition;
+}
+
+TEST_F(CudaKernels, decode_attention_matches_cpu_over_partitions_and_groups) {
+  for (int partition : {64, 512}) {
+    check_decode_attention(rng_, 64, 14, 2, {0, 5, 127, 700, 1000}, partition);    // Qwen2.5-0.5B: group 7
+    check_decode_attention(rng_, 128, 28, 4, {900, 1, 63, 64, 511}, partition);    // 7B: group 7
+    check_decode_attention(rng_, 128, 16, 2, {300, 17}, partition);                // 3B: group 8
+    check_decode_attention(rng_, 128, 12, 2, {1023, 33}, partition);               // 1.5B: group 6
+    check_decode_attention(rng_, 64, 4, 4, {250, 0}, partition);                   // MHA
+  }
+}
+
+// The fused GEMV against rms_norm / linear / silu_mul composed on the CPU, for every batch size
+// the decode buckets use.
+TEST_F(CudaKernels, gemv_prologues_and_epilogues_match_cpu) {
+  const int in = 896, out = 1152;
+  for (int rows : {1, 2, 4, 8}) {
+    auto res = random_vec(size_t(rows) * in, rng_);
+    auto nw = round_bf16(random_vec(in, rng_));
+    auto w = round_bf16(random_vec(size_t(2 * out) * in, rng_, 0.05f));
+    std::vector<float> normed(size_t(rows) * in);
+    cpu::rms_norm(res.data(), f32_view(nw, {in}), normed.data(), rows, in, 1e-6f);
+    normed = round_bf16(normed);
+    // RMSNorm prologue, f32 store (W: the first `out` rows).
+    std::vector<float> w1(w.begin(), w.begin() + size_t(out) * in), ref(size_t(rows) * out);
+    cpu::linear(normed.data(), f32_view(w1, {out, in}), model::TensorView{}, ref.data(), rows, pool_);
+    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormF32, res, nw, w1, {}, rows, in, out, 1e-6f), ref), kBf16Tol)
+        << "rows " << rows;
+    // RMSNorm prologue, SwiGLU epilogue over [gate; up].
+    std::vector<float> gu(size_t(rows) * 2 * out), act(size_t(rows) * out);
+    cpu::linear(normed.data(), f32_view(w, {2 * out, in}), model::TensorView{}, gu.data(), rows, pool_);
+    cpu::silu_mul(gu.data(), act.data(), rows, out);
+    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormSwiGlu, res, nw, w, {}, rows, in, out, 1e-6f), act), kBf16Tol)
+        << "rows " << rows;
+    // bf16 input: residual-add epilogue and plain f32 store.
+    auto x = round_bf16(random_vec(size_t(rows) * in, rng_));
+    auto y0 = random_vec(size_t(rows) * out, rng_);
+    std::vector<float> lin(size_t(rows) * out);
+    cpu::linear(x.data(), f32_view(w1, {out, in}), model::TensorView{}, lin.data(), rows, pool_);
+    std::vector<float> added = y0;
+    for (size_t i = 0; i < added.size(); ++i) added[i] += lin[i];
+    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kAddF32, x, {}, w1, y0, rows, in, out, 0.f), added), 1e-4)
+        << "rows " << rows;
+    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kF32, x, {}, w1, {}, rows, in, out, 0.f), lin), 1e-4) << "rows " << rows;
+  }
+}
+
+TEST_F(CudaKernels, argmax_matches_reference_with_ties) {
+  const int rows = 5, vocab = 151936;
+  auto logits = random_vec(size_t(rows) * vocab, rng_, 3.f);
+  for (float& x : logits) x = std::round(x * 2.f) / 2.f;  // many ties: lowest id must win
+  logits[size_t(4) * vocab + vocab - 1] = 100.f;           // the maximum in the very last slot
+  auto got = api::argmax(logits, rows, vocab);
+  backend::SamplingParams greedy;
+  greedy.temperature = 0.f;
+  for (int r = 0; r < rows; ++r)
+    EXPECT_EQ(got[size_t(r)], backend::sample_token(std::span<const float>(logits.data() + size_t(r) * vocab, vocab),
+                                                    greedy, 0))
+        << "row " << r;
+}
+
 // The GPU sampler against sample_token on identical logits: every token must match.
 TEST_F(CudaKernels, sampler_draws_the_reference_token) {
   const int vocab = 5000;

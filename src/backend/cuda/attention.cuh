@@ -39,6 +39,36 @@ struct AttentionArgs {
 
 int attention_tokens_per_item(int n_heads, int n_kv_heads);
 
+// Decode (one query token per sequence, token i belongs to sequence i) with GQA groups up to
+// kDecodeMaxGroup: one block per (sequence, kv head, partition of partition_size keys) loads each
+// key and value once for the whole group. Sequences whose keys span several partitions write
+// partials (partial_o (max_partitions, T, n_heads, D), partial_ml (max_partitions, T, n_heads, 2))
+// and a reduce merges them; a single partition writes `out` directly. The grid is fixed by
+// max_partitions (graph-friendly); blocks past a sequence's length exit at once.
+constexpr int kDecodeMaxGroup = 8;
+constexpr int kDecodeMaxPartition = 512;
+struct DecodeAttentionArgs {
+  const __nv_bfloat16* q = nullptr;        // (T, n_heads*D)
+  const __nv_bfloat16* k_cache = nullptr;  // this layer, (num_blocks, n_kv_heads, block_size, D)
+  const __nv_bfloat16* v_cache = nullptr;
+  __nv_bfloat16* out = nullptr;            // (T, n_heads*D)
+  const int32_t* positions = nullptr;      // (T) keys [0, pos] are visible
+  const int32_t* block_tables = nullptr;   // (T, max_blocks_per_seq)
+  int max_blocks_per_seq = 0;
+  int num_tokens = 0;                      // T = number of sequences
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;                        // 64 or 128
+  int block_size = 0;
+  float scale = 0.f;
+  int partition_size = 0;                  // multiple of 32, <= kDecodeMaxPartition
+  int max_partitions = 0;
+  float* partial_o = nullptr;
+  float* partial_ml = nullptr;
+};
+
+void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream);
+
 void paged_attention(const AttentionArgs& a, cudaStream_t stream);
 
 }  // namespace mpserve::backend::cuda

@@ -3,6 +3,7 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -10,10 +11,13 @@
 
 #include "backend/cuda/activation.cuh"
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/ceilings.cuh"
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/device_memory.h"
 #include "backend/cuda/embedding.cuh"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/gemv.cuh"
+#include "backend/cuda/kernel_profiler.h"
 #include "backend/cuda/qkv_rope.cuh"
 #include "backend/cuda/rms_norm.cuh"
 #include "backend/cuda/sampler.cuh"
@@ -83,7 +87,11 @@ struct StepShape {
   int tokens = 0;   // T, padding included
   int items = 0;    // attention work items
   int sampled = 0;  // rows through the final norm, LM head and sampler
-  int splits = 1;   // attention split-K
+  int splits = 1;   // attention split-K (general kernel)
+  bool decode = false;     // decode-only: token i is sequence i's only token, every row sampled
+  bool greedy = false;     // every sampled row greedy: argmax instead of the sampler
+  int partition = 0;       // decode attention keys per block (0: general kernel)
+  int max_partitions = 0;
 };
 
 class CudaBackend final : public Backend {
@@ -99,6 +107,14 @@ class CudaBackend final : public Backend {
   int32_t num_kv_blocks() const override { return num_blocks_; }
   int32_t block_size() const override { return opts_.block_size; }
   void step(const Batch& batch, bool want_logits, StepOutput* out) override;
+  StepTimings last_step_timings() const override { return last_timings_; }
+  Result<DeviceCeilings> measure_ceilings() const override;
+  bool set_kernel_profiling(bool on) const override {
+    if (on) profiler_.clear();
+    profiling_ = on;
+    return true;
+  }
+  std::vector<KernelTime> kernel_profile() const override { return profiler_.report(); }
 
  private:
   void upload_weights();
@@ -107,6 +123,8 @@ class CudaBackend final : public Backend {
   void warm_up();
   int bucket_for(int num_seqs) const;
   int splits_for(int num_seqs, int max_kv_len) const;
+  int partition_for(int bucket) const;
+  bool decode_kernel_ok() const { return c_.num_heads / c_.num_kv_heads <= kDecodeMaxGroup; }
   void forward(const StepShape& s);
   template <typename T>
   T* dev(size_t offset) const {
@@ -164,7 +182,16 @@ class CudaBackend final : public Backend {
   unsigned char* staging_dev_ = nullptr;
   int32_t* out_tokens_host_ = nullptr;     // pinned (S)
 
-  std::map<int, cudaGraphExec_t> graphs_;  // by decode bucket
+  float* argmax_val_ = nullptr;         // (S, kArgmaxChunks)
+  int32_t* argmax_idx_ = nullptr;       // (S, kArgmaxChunks)
+
+  std::map<int, cudaGraphExec_t> graphs_;  // by 2 * decode bucket + greedy
+
+  StepTimings last_timings_;
+  // note: mutable because the engine hands out a const Backend; profiling changes only how a
+  // step is launched (eagerly, with events), never what it computes.
+  mutable bool profiling_ = false;
+  mutable KernelProfiler profiler_;
 };
 
 CudaBackend::~CudaBackend() {
@@ -190,6 +217,15 @@ int CudaBackend::splits_for(int num_seqs, int max_kv_len) const {
   int s = CEIL_DIV(2 * num_sms_, blocks);
   s = std::min({s, kMaxSplits, CEIL_DIV(max_kv_len, kMinKeysPerSplit)});
   return std::max(s, 1);
+}
+
+// Decode attention: the smallest power-of-two partition (64..512 keys) that still gives about
+// two blocks per SM when sequences are max_model_len long; fixed per bucket for the graphs.
+int CudaBackend::partition_for(int bucket) const {
+  const int want = CEIL_DIV(2 * num_sms_, bucket * static_cast<int>(c_.num_kv_heads));
+  int p = 64;
+  while (p < kDecodeMaxPartition && CEIL_DIV(opts_.max_model_len, p) > want) p *= 2;
+  return p;
 }
 
 void CudaBackend::upload_weights() {
@@ -260,6 +296,8 @@ void CudaBackend::allocate_activations() {
   final_h_ = mem_.alloc<__nv_bfloat16>(s * h);
   logits_ = mem_.alloc<float>(s * v);
   out_tokens_ = mem_.alloc<int32_t>(s);
+  argmax_val_ = mem_.alloc<float>(s * kArgmaxChunks);
+  argmax_idx_ = mem_.alloc<int32_t>(s * kArgmaxChunks);
   workspace_ = mem_.alloc_bytes(kWorkspaceBytes);
   gemm_ = std::make_unique<Gemm>(workspace_, kWorkspaceBytes);
   layout_ = std::make_unique<StagingLayout>(max_tokens_, opts_.max_num_seqs, max_blocks_);
@@ -327,7 +365,11 @@ Status CudaBackend::init() {
   for (int b = 1; b <= 256 && b <= opts_.max_num_seqs; b *= 2) buckets_.push_back(b);
   if (buckets_.back() < opts_.max_num_seqs) buckets_.push_back(opts_.max_num_seqs);
   max_tokens_ = std::max(opts_.max_num_batched_tokens, buckets_.back());
-  for (int b : buckets_) max_splits_rows_ = std::max(max_splits_rows_, b * splits_for(b, opts_.max_model_len));
+  for (int b : buckets_) {
+    max_splits_rows_ = std::max(max_splits_rows_, b * splits_for(b, opts_.max_model_len));
+    const int parts = CEIL_DIV(max_blocks_ * opts_.block_size, partition_for(b));
+    max_splits_rows_ = std::max(max_splits_rows_, b * parts);
+  }
 
   upload_weights();
   const size_t weight_bytes = mem_.allocated_bytes();
@@ -365,18 +407,46 @@ Status CudaBackend::init() {
   return Status::ok();
 }
 
+// note: decode steps of at most kGemvMaxRows rows take the fused path: GEMVs that normalise the
+// residual in their prologue and add into it in their epilogue (no delta buffer, no separate
+// norm or SiLU kernels): five launches per layer plus attention's reduce.
 void CudaBackend::forward(const StepShape& s) {
   const int h = static_cast<int>(c_.hidden_size), q = static_cast<int>(c_.q_dim()), k = static_cast<int>(c_.kv_dim());
   const int in = static_cast<int>(c_.intermediate_size), v = static_cast<int>(c_.vocab_size);
   const float eps = static_cast<float>(c_.rms_norm_eps);
   const StagingLayout& L = *layout_;
+  const bool fused = s.decode && s.tokens <= kGemvMaxRows;
+  auto mark = [&](const char* name) {
+    if (profiling_) profiler_.mark(stream_, name);
+  };
+  auto gemv_call = [&](const void* x, const __nv_bfloat16* norm_w, const __nv_bfloat16* w, void* y, int n_in,
+                       int n_out, GemvIn im, GemvOut om) {
+    GemvArgs g;
+    g.x = x;
+    g.norm_w = norm_w;
+    g.eps = eps;
+    g.w = w;
+    g.y = y;
+    g.rows = s.tokens;
+    g.in = n_in;
+    g.out = n_out;
+    gemv(g, im, om, stream_);
+  };
   embed_lookup(embed_, dev<int32_t>(L.tokens), residual_, s.tokens, h, v, stream_);
-  bool pending = false;  // delta_ holds a block output not yet added to residual_
+  mark("embed");
+  bool pending = false;  // delta_ holds a block output not yet added to residual_ (unfused path)
   for (size_t l = 0; l < layers_.size(); ++l) {
     const LayerDev& d = layers_[l];
     if (opts_.ablation != Ablation::kNoAttention) {
-      add_rms_norm(residual_, pending ? delta_ : nullptr, d.input_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
-      gemm_->linear(hnorm_, d.qkv, qkv_, true, s.tokens, h, q + 2 * k, stream_);
+      if (fused) {
+        gemv_call(residual_, d.input_norm, d.qkv, qkv_, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kF32);
+        mark("norm_qkv_gemv");
+      } else {
+        add_rms_norm(residual_, pending ? delta_ : nullptr, d.input_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
+        mark("add_rms_norm");
+        gemm_->linear(hnorm_, d.qkv, qkv_, true, s.tokens, h, q + 2 * k, stream_);
+        mark("qkv_gemm");
+      }
       __nv_bfloat16* kc = kv_ + (2 * l) * kv_layer_elems_;
       __nv_bfloat16* vc = kv_ + (2 * l + 1) * kv_layer_elems_;
       QkvRopeArgs r;
@@ -397,45 +467,102 @@ void CudaBackend::forward(const StepShape& s) {
       r.block_size = opts_.block_size;
       r.eps = eps;
       qkv_rope_cache_write(r, stream_);
-      AttentionArgs a;
-      a.q = q_;
-      a.k_cache = kc;
-      a.v_cache = vc;
-      a.out = attn_;
-      a.positions = dev<int32_t>(L.positions);
-      a.block_tables = dev<int32_t>(L.block_tables);
-      a.items = dev<int32_t>(L.items);
-      a.max_blocks_per_seq = max_blocks_;
-      a.num_items = s.items;
-      a.num_tokens = s.tokens;
-      a.n_heads = r.n_heads;
-      a.n_kv_heads = r.n_kv_heads;
-      a.head_dim = r.head_dim;
-      a.block_size = opts_.block_size;
-      a.scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
-      a.num_splits = s.splits;
-      a.partial_o = partial_o_;
-      a.partial_ml = partial_ml_;
-      paged_attention(a, stream_);
-      gemm_->linear(attn_, d.o, delta_, true, s.tokens, q, h, stream_);
-      pending = true;
+      mark("qkv_rope");
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+      if (s.partition > 0) {
+        DecodeAttentionArgs a;
+        a.q = q_;
+        a.k_cache = kc;
+        a.v_cache = vc;
+        a.out = attn_;
+        a.positions = dev<int32_t>(L.positions);
+        a.block_tables = dev<int32_t>(L.block_tables);
+        a.max_blocks_per_seq = max_blocks_;
+        a.num_tokens = s.tokens;
+        a.n_heads = r.n_heads;
+        a.n_kv_heads = r.n_kv_heads;
+        a.head_dim = r.head_dim;
+        a.block_size = opts_.block_size;
+        a.scale = scale;
+        a.partition_size = s.partition;
+        a.max_partitions = s.max_partitions;
+        a.partial_o = partial_o_;
+        a.partial_ml = partial_ml_;
+        decode_attention(a, stream_);
+      } else {
+        AttentionArgs a;
+        a.q = q_;
+        a.k_cache = kc;
+        a.v_cache = vc;
+        a.out = attn_;
+        a.positions = dev<int32_t>(L.positions);
+        a.block_tables = dev<int32_t>(L.block_tables);
+        a.items = dev<int32_t>(L.items);
+        a.max_blocks_per_seq = max_blocks_;
+        a.num_items = s.items;
+        a.num_tokens = s.tokens;
+        a.n_heads = r.n_heads;
+        a.n_kv_heads = r.n_kv_heads;
+        a.head_dim = r.head_dim;
+        a.block_size = opts_.block_size;
+        a.scale = scale;
+        a.num_splits = s.splits;
+        a.partial_o = partial_o_;
+        a.partial_ml = partial_ml_;
+        paged_attention(a, stream_);
+      }
+      mark("attention");
+      if (fused) {
+        gemv_call(attn_, nullptr, d.o, residual_, q, h, GemvIn::kBf16, GemvOut::kAddF32);
+        mark("o_gemv_add");
+      } else {
+        gemm_->linear(attn_, d.o, delta_, true, s.tokens, q, h, stream_);
+        mark("o_gemm");
+        pending = true;
+      }
     }
     if (opts_.ablation != Ablation::kNoMlp) {
-      add_rms_norm(residual_, pending ? delta_ : nullptr, d.post_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
-      gemm_->linear(hnorm_, d.gate_up, gate_up_, false, s.tokens, h, 2 * in, stream_);
-      silu_mul(gate_up_, act_, s.tokens, in, stream_);
-      gemm_->linear(act_, d.down, delta_, true, s.tokens, in, h, stream_);
-      pending = true;
+      if (fused) {
+        gemv_call(residual_, d.post_norm, d.gate_up, act_, h, in, GemvIn::kRmsNorm, GemvOut::kSwiGlu);
+        mark("norm_gate_up_swiglu_gemv");
+        gemv_call(act_, nullptr, d.down, residual_, in, h, GemvIn::kBf16, GemvOut::kAddF32);
+        mark("down_gemv_add");
+      } else {
+        add_rms_norm(residual_, pending ? delta_ : nullptr, d.post_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
+        mark("add_rms_norm");
+        gemm_->linear(hnorm_, d.gate_up, gate_up_, false, s.tokens, h, 2 * in, stream_);
+        mark("gate_up_gemm");
+        silu_mul(gate_up_, act_, s.tokens, in, stream_);
+        mark("silu_mul");
+        gemm_->linear(act_, d.down, delta_, true, s.tokens, in, h, stream_);
+        mark("down_gemm");
+        pending = true;
+      }
     }
   }
   if (s.sampled == 0) return;
-  add_rms_norm(residual_, pending ? delta_ : nullptr, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled,
-               h, eps, stream_);
-  gemm_->linear(final_h_, lm_head_, logits_, true, s.sampled, h, v, stream_);
-  sample_tokens(logits_, dev<SampleParamsDev>(L.params), out_tokens_, s.sampled, v, stream_);
+  if (fused) {  // decode: sampled row i is token i
+    gemv_call(residual_, final_norm_, lm_head_, logits_, h, v, GemvIn::kRmsNorm, GemvOut::kF32);
+    mark("final_norm_lm_head_gemv");
+  } else {
+    add_rms_norm(residual_, pending ? delta_ : nullptr, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled,
+                 h, eps, stream_);
+    mark("add_rms_norm");
+    gemm_->linear(final_h_, lm_head_, logits_, true, s.sampled, h, v, stream_);
+    mark("lm_head_gemm");
+  }
+  if (s.greedy) {
+    argmax_rows(logits_, argmax_val_, argmax_idx_, out_tokens_, s.sampled, v, stream_);
+    mark("argmax");
+  } else {
+    sample_tokens(logits_, dev<SampleParamsDev>(L.params), out_tokens_, s.sampled, v, stream_);
+    mark("sampler");
+  }
 }
 
 void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
+  using Clock = std::chrono::steady_clock;
+  const auto t_begin = Clock::now();
   MPS_CHECK(out != nullptr);
   CUDA_CHECK(cudaSetDevice(device_));
   out->tokens.clear();
@@ -463,6 +590,7 @@ void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
   int32_t* tables = host<int32_t>(L.block_tables);
   const int bs = opts_.block_size;
   int t = 0, n_items = 0, n_sampled = 0, max_kv_len = 0;
+  bool all_greedy = true;
   for (int i = 0; i < num_seqs; ++i) {
     const BatchEntry& e = batch.entries[size_t(i)];
     const int n = static_cast<int>(e.tokens.size());
@@ -491,6 +619,7 @@ void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
       sp.top_p = e.sampling.top_p;
       sp.top_k = e.sampling.top_k;
       sp.u = e.sampling.greedy() ? 0.f : sampling_uniform(e.sampling.seed, static_cast<uint64_t>(e.num_generated));
+      all_greedy = all_greedy && e.sampling.greedy();
     }
     max_kv_len = std::max(max_kv_len, e.context_len + n);
     t += n;
@@ -512,8 +641,24 @@ void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
   shape.items = n_items;
   shape.sampled = n_sampled;
   shape.splits = decode_only ? splits_for(padded, opts_.max_model_len) : 1;
-  if (decode_only && opts_.cuda_graphs) {
-    auto it = graphs_.find(padded);
+  shape.decode = decode_only;
+  shape.greedy = all_greedy;
+  if (decode_only && decode_kernel_ok()) {
+    shape.partition = partition_for(padded);
+    shape.max_partitions = CEIL_DIV(max_blocks_ * bs, shape.partition);
+  }
+  last_timings_ = StepTimings{};
+  last_timings_.valid = true;
+  last_timings_.decode_only = decode_only;
+  last_timings_.num_tokens = static_cast<int32_t>(num_tokens);
+  last_timings_.num_seqs = num_seqs;
+  if (profiling_) {
+    profiler_.begin(stream_, decode_only ? "decode" : "prefill");
+    forward(shape);
+  } else if (decode_only && opts_.cuda_graphs) {
+    last_timings_.graph = true;
+    const int key = 2 * padded + (all_greedy ? 1 : 0);
+    auto it = graphs_.find(key);
     if (it != graphs_.end()) {
       CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
     } else {
@@ -525,7 +670,7 @@ void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
       cudaGraphExec_t exec = nullptr;
       CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
       CUDA_CHECK(cudaGraphDestroy(graph));
-      graphs_.emplace(padded, exec);
+      graphs_.emplace(key, exec);
     }
   } else {
     forward(shape);
@@ -539,8 +684,35 @@ void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
                                  cudaMemcpyDeviceToHost, stream_));
     }
   }
+  const auto t_enqueued = Clock::now();
   CUDA_CHECK(cudaStreamSynchronize(stream_));
+  const auto t_synced = Clock::now();
+  if (profiling_) profiler_.end();
   out->tokens.assign(out_tokens_host_, out_tokens_host_ + real_sampled);
+  const auto t_end = Clock::now();
+  auto us = [](auto d) { return std::chrono::duration<double, std::micro>(d).count(); };
+  last_timings_.host_us = us(t_enqueued - t_begin) + us(t_end - t_synced);
+  last_timings_.wait_us = us(t_synced - t_enqueued);
+}
+
+Result<DeviceCeilings> CudaBackend::measure_ceilings() const {
+  CUDA_CHECK(cudaSetDevice(device_));
+  DeviceCeilings c;
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+  c.device_name = prop.name;
+  int drv = 0, rt = 0;
+  CUDA_CHECK(cudaDriverGetVersion(&drv));
+  CUDA_CHECK(cudaRuntimeGetVersion(&rt));
+  c.driver = fmt::format("{}.{}", drv / 1000, (drv % 1000) / 10);
+  c.runtime = fmt::format("{}.{}", rt / 1000, (rt % 1000) / 10);
+  c.copy_gb_s = measure_copy_gb_s(stream_);
+  c.bf16_tflops = measure_gemm_tflops(*gemm_, stream_);
+  if (c.copy_gb_s <= 0 || c.bf16_tflops <= 0) {
+    return Status::errorf("cuda backend: no room for the ceiling buffers (~2.4 GiB free needed; lower "
+                          "--gpu-memory-fraction)");
+  }
+  return c;
 }
 
 Status validate(const model::ModelWeights& w, const BackendOptions& opts) {

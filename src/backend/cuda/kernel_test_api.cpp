@@ -10,6 +10,7 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/embedding.cuh"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/gemv.cuh"
 #include "backend/cuda/qkv_rope.cuh"
 #include "backend/cuda/rms_norm.cuh"
 #include "backend/cuda/sampler.cuh"
@@ -198,6 +199,86 @@ std::vector<float> attention(const std::vector<float>& q, const std::vector<floa
 
 int attention_tokens_per_item(int n_heads, int n_kv_heads) {
   return cuda::attention_tokens_per_item(n_heads, n_kv_heads);
+}
+
+std::vector<float> decode_attention(const std::vector<float>& q, const std::vector<float>& k_cache,
+                                    const std::vector<float>& v_cache, const std::vector<int32_t>& positions,
+                                    const std::vector<int32_t>& block_tables, int max_blocks_per_seq, int n_heads,
+                                    int n_kv_heads, int head_dim, int block_size, int partition_size) {
+  auto dq = up_bf16(q);
+  auto dk = up_bf16(k_cache);
+  auto dv = up_bf16(v_cache);
+  auto dpos = up_i32(positions);
+  auto dbt = up_i32(block_tables);
+  const int t = static_cast<int>(positions.size());
+  const int parts = CEIL_DIV(max_blocks_per_seq * block_size, partition_size);
+  Dev<__nv_bfloat16> out(size_t(t) * size_t(n_heads * head_dim));
+  out.poison();
+  Dev<float> po(size_t(parts) * size_t(t) * size_t(n_heads * head_dim));
+  Dev<float> pml(size_t(parts) * size_t(t) * size_t(n_heads) * 2);
+  DecodeAttentionArgs a;
+  a.q = dq->p;
+  a.k_cache = dk->p;
+  a.v_cache = dv->p;
+  a.out = out.p;
+  a.positions = dpos->p;
+  a.block_tables = dbt->p;
+  a.max_blocks_per_seq = max_blocks_per_seq;
+  a.num_tokens = t;
+  a.n_heads = n_heads;
+  a.n_kv_heads = n_kv_heads;
+  a.head_dim = head_dim;
+  a.block_size = block_size;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  a.partition_size = partition_size;
+  a.max_partitions = parts;
+  a.partial_o = po.p;
+  a.partial_ml = pml.p;
+  cuda::decode_attention(a, 0);
+  return down_bf16(out);
+}
+
+std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::vector<float>& norm_w,
+                        const std::vector<float>& w, const std::vector<float>& y_init, int rows, int in, int out,
+                        float eps) {
+  const bool norm = mode == GemvMode::kNormF32 || mode == GemvMode::kNormSwiGlu;
+  std::unique_ptr<Dev<float>> x_f32(norm ? up_f32(x) : nullptr);
+  std::unique_ptr<Dev<__nv_bfloat16>> x_bf16 = norm ? nullptr : up_bf16(x);
+  std::unique_ptr<Dev<__nv_bfloat16>> dnw = norm ? up_bf16(norm_w) : nullptr;
+  auto dw = up_bf16(w);
+  GemvArgs a;
+  a.x = norm ? static_cast<const void*>(x_f32->p) : static_cast<const void*>(x_bf16->p);
+  a.norm_w = norm ? dnw->p : nullptr;
+  a.eps = eps;
+  a.w = dw->p;
+  a.rows = rows;
+  a.in = in;
+  a.out = out;
+  if (mode == GemvMode::kNormSwiGlu) {
+    Dev<__nv_bfloat16> y(size_t(rows) * size_t(out));
+    y.poison();
+    a.y = y.p;
+    cuda::gemv(a, GemvIn::kRmsNorm, GemvOut::kSwiGlu, 0);
+    return down_bf16(y);
+  }
+  std::unique_ptr<Dev<float>> y(mode == GemvMode::kAddF32 ? up_f32(y_init) : new Dev<float>(size_t(rows) * size_t(out)));
+  if (mode != GemvMode::kAddF32) y->poison();
+  a.y = y->p;
+  cuda::gemv(a, norm ? GemvIn::kRmsNorm : GemvIn::kBf16, mode == GemvMode::kAddF32 ? GemvOut::kAddF32 : GemvOut::kF32, 0);
+  return down_f32(*y);
+}
+
+std::vector<int32_t> argmax(const std::vector<float>& logits, int rows, int vocab) {
+  std::unique_ptr<Dev<float>> dl(up_f32(logits));
+  Dev<float> pv(size_t(rows) * kArgmaxChunks);
+  Dev<int32_t> pi(size_t(rows) * kArgmaxChunks);
+  Dev<int32_t> out{static_cast<size_t>(rows)};
+  CUDA_CHECK(cudaMemset(out.p, 0xff, size_t(rows) * 4));
+  argmax_rows(dl->p, pv.p, pi.p, out.p, rows, vocab, 0);
+  std::vector<int32_t> h(static_cast<size_t>(rows));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK(cudaMemcpy(h.data(), out.p, h.size() * 4, cudaMemcpyDeviceToHost));
+  return h;
 }
 
 std::vector<int32_t> sample(const std::vector<float>& logits, const std::vector<SampleRow>& rows, int vocab) {

@@ -43,6 +43,22 @@ std::vector<float> attention(const std::vector<float>& q, const std::vector<floa
                              int block_size, int num_splits);
 int attention_tokens_per_item(int n_heads, int n_kv_heads);
 
+// Decode attention: token i is sequence i's one query (block_tables has one row per token).
+std::vector<float> decode_attention(const std::vector<float>& q, const std::vector<float>& k_cache,
+                                    const std::vector<float>& v_cache, const std::vector<int32_t>& positions,
+                                    const std::vector<int32_t>& block_tables, int max_blocks_per_seq, int n_heads,
+                                    int n_kv_heads, int head_dim, int block_size, int partition_size);
+
+// The fused small-batch GEMV (gemv.cuh). x: bf16 values (rows, in) for kBf16 input, f32 residual
+// (rows, in) for kRmsNorm; y_init: the f32 residual (rows, out) for the kAddF32 epilogue, else
+// ignored. Returns y as f32 (rows, out).
+enum class GemvMode { kNormF32, kNormSwiGlu, kAddF32, kF32 };
+std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::vector<float>& norm_w,
+                        const std::vector<float>& w, const std::vector<float>& y_init, int rows, int in, int out,
+                        float eps);
+
+std::vector<int32_t> argmax(const std::vector<float>& logits, int rows, int vocab);
+
 struct SampleRow {
   float temperature;
   float top_p;

@@ -22,3 +22,14 @@ void sample_tokens(const float* logits, const SampleParamsDev* params, int32_t* 
                    cudaStream_t stream);
 
 }  // namespace mpserve::backend::cuda
+
+namespace mpserve::backend::cuda {
+
+// Greedy fast path: out_tokens[r] = argmax of row r (ties to the lowest id), in two passes over
+// the vocab: kArgmaxChunks blocks per row, then one warp per row over their partials.
+constexpr int kArgmaxChunks = 64;
+// partial_val, partial_idx: scratch (rows, kArgmaxChunks).
+void argmax_rows(const float* logits, float* partial_val, int32_t* partial_idx, int32_t* out_tokens, int rows,
+                 int vocab, cudaStream_t stream);
+
+}  // namespace mpserve::backend::cuda

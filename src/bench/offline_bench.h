@@ -1,0 +1,51 @@
+// bench offline: fixed-seed random prompts of exactly L tokens, exactly O generated tokens each
+// (ignore_eos, greedy), through the Engine; prefill and decode throughput, decode step time, host
+// time per decode step, and the fraction of the card's measured ceilings reached.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/engine.h"
+
+namespace mpserve::bench {
+
+struct OfflineBenchOptions {
+  std::vector<int> batches;     // every batch size B x every input length L is one configuration
+  std::vector<int> input_lens;
+  int output_len = 64;          // O >= 2 (one token comes from the prefill step)
+  int repeats = 3;
+  int warmup = 1;               // untimed runs per configuration, with 16-token prompts (graphs, plans)
+  uint64_t seed = 0;
+  bool profile = false;         // one extra eager run per configuration with per-kernel device times
+  std::string model_label;      // printed as model=...
+};
+
+// One configuration's numbers: medians over repeats, and each metric's spread (max - min) / median.
+struct OfflineBenchResult {
+  int batch = 0, input_len = 0, output_len = 0, repeats = 0;
+  double prefill_tok_s = 0, prefill_tok_s_spread = 0;
+  double decode_tok_s = 0, decode_tok_s_spread = 0;
+  double decode_step_ms = 0, decode_step_ms_spread = 0;
+  double host_us_per_step = -1;  // -1: the backend does not time its steps
+  double decode_bytes_per_step = 0, prefill_flops = 0;
+  double decode_roofline_frac = -1, prefill_peak_frac = -1;  // -1: ceilings n/a
+};
+
+// Weights read by one decode step (every layer, the final norm, the LM head), in bytes (bf16).
+double decode_weight_bytes(const model::ModelConfig& c);
+// KV bytes read by one decode step of `batch` sequences holding `ctx` tokens each.
+double decode_kv_bytes(const model::ModelConfig& c, int batch, double ctx);
+// FLOPs of prefilling `batch` prompts of `len` tokens (projections, causal attention, LM head of
+// the last token of each).
+double prefill_flops(const model::ModelConfig& c, int batch, int len);
+
+// Runs every configuration on `eng` and prints a human-readable line per repeat and, last, one
+// parseable `bench_offline: key=value ...` line per configuration to `out`.
+Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, int32_t tokenizer_vocab,
+                                                          const OfflineBenchOptions& o, std::FILE* out);
+
+}  // namespace mpserve::bench

@@ -14,6 +14,8 @@ inline constexpr const char* kXdgCacheHome = "XDG_CACHE_HOME";
 inline constexpr const char* kHome = "HOME";
 // Directory holding the source tokenizer.json / tokenizer_config.json that make-model copies.
 inline constexpr const char* kTokenizerDir = "MPSERVE_TOKENIZER_DIR";
+// CUDA backend: decode steps of at most this many rows use the fused GEMV path (0 = cuBLASLt only).
+inline constexpr const char* kCudaGemvMaxRows = "MPSERVE_CUDA_GEMV_MAX_ROWS";
 // MPS client environment (set by the supervisor for each engine, read by the CUDA driver).
 inline constexpr const char* kMpsPipeDir = "CUDA_MPS_PIPE_DIRECTORY";
 inline constexpr const char* kMpsLogDir = "CUDA_MPS_LOG_DIRECTORY";

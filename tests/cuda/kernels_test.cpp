@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "backend/cpu/ops.h"
@@ -298,6 +299,38 @@ TEST_F(CudaKernels, argmax_matches_reference_with_ties) {
         << "row " << r;
 }
 
+// |u - CDF boundary after token `lo`| under sample_token's semantics, computed in double: kept set =
+// (logit desc, id asc) order cut by top-k then top-p, CDF walked in ascending id order.
+double cdf_boundary_distance(std::span<const float> row, const backend::SamplingParams& p, float u, int32_t lo) {
+  const int n = static_cast<int>(row.size());
+  float mx = *std::max_element(row.begin(), row.end());
+  std::vector<double> w(n);
+  for (int i = 0; i < n; ++i) w[i] = std::exp((double(row[i]) - mx) / p.temperature);
+  std::vector<int> order(n);
+  for (int i = 0; i < n; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return row[a] != row[b] ? row[a] > row[b] : a < b; });
+  int keep = (p.top_k > 0 && p.top_k < n) ? p.top_k : n;
+  double total = 0;
+  for (int i = 0; i < keep; ++i) total += w[order[i]];
+  if (p.top_p < 1.f) {
+    double run = 0;
+    for (int i = 0; i < keep; ++i) {
+      run += w[order[i]];
+      if (run >= p.top_p * total) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  std::vector<char> kept(n, 0);
+  double mass = 0;
+  for (int i = 0; i < keep; ++i) kept[order[i]] = 1, mass += w[order[i]];
+  double cum = 0;
+  for (int i = 0; i <= lo; ++i)
+    if (kept[i]) cum += w[i];
+  return std::fabs(cum / mass - double(u));
+}
+
 // The GPU sampler against sample_token on identical logits: every token must match.
 TEST_F(CudaKernels, sampler_draws_the_reference_token) {
   const int vocab = 5000;
@@ -321,6 +354,7 @@ TEST_F(CudaKernels, sampler_draws_the_reference_token) {
         rows.push_back({temp, tp, tk, backend::sampling_uniform(p.seed, n * 7)});
         ++n;
       }
+  int boundary_cases = 0;
   for (int round = 0; round < 2; ++round) {
     // Round 1 quantizes logits to a few values: many ties, resolved by id.
     auto logits = random_vec(rows.size() * vocab, rng_, 3.f);
@@ -329,11 +363,18 @@ TEST_F(CudaKernels, sampler_draws_the_reference_token) {
     auto got = api::sample(logits, rows, vocab);
     for (size_t r = 0; r < rows.size(); ++r) {
       std::span<const float> row(logits.data() + r * vocab, vocab);
-      EXPECT_EQ(got[r], backend::sample_token(row, params[r], counters[r]))
-          << "round " << round << " T " << rows[r].temperature << " top_p " << rows[r].top_p << " top_k "
-          << rows[r].top_k;
+      int32_t want = backend::sample_token(row, params[r], counters[r]);
+      if (got[r] == want) continue;
+      // note: the GPU sums the distribution in a different order than the CPU, so a draw whose u
+      // lies within float rounding of a CDF boundary may land on the neighbouring token. Accept
+      // exactly that case: u must sit within 1e-5 of the boundary between the two tokens.
+      double dist = cdf_boundary_distance(row, params[r], rows[r].u, std::min(got[r], want));
+      EXPECT_LT(dist, 1e-5) << "round " << round << " T " << rows[r].temperature << " top_p " << rows[r].top_p
+                            << " top_k " << rows[r].top_k << ": got " << got[r] << " want " << want;
+      ++boundary_cases;
     }
   }
+  EXPECT_LE(boundary_cases, 2) << "boundary ties should be rare";
 }
 
 }  // namespace

@@ -162,8 +162,9 @@ Stats run_golden(const std::string& file, const std::string& shape, int chunk) {
       const json& pos = cases[which[k]]["positions"][0];
       const float* row = out.logits.data() + k * vocab;
       compare_row(pos, indices, row, &s);
-      if (pos["top_logits"][0].get<double>() - pos["top_logits"][1].get<double>() > 1e-3)
+      if (pos["top_logits"][0].get<double>() - pos["top_logits"][1].get<double>() > 1e-3) {
         EXPECT_EQ(argmax(row, vocab), pos["top_ids"][0].get<int>());
+      }
     }
   }
   // Decode: one token per case per step, batched.
@@ -186,8 +187,9 @@ Stats run_golden(const std::string& file, const std::string& shape, int chunk) {
       const json& pos = cases[c]["positions"][t + 1];
       const float* row = out.logits.data() + c * vocab;
       compare_row(pos, indices, row, &s);
-      if (pos["top_logits"][0].get<double>() - pos["top_logits"][1].get<double>() > 1e-3)
+      if (pos["top_logits"][0].get<double>() - pos["top_logits"][1].get<double>() > 1e-3) {
         EXPECT_EQ(argmax(row, vocab), pos["top_ids"][0].get<int>()) << "case " << c << " decode step " << t;
+      }
     }
   }
   return s;

@@ -9,6 +9,6 @@ for b in mpserve test_cuda; do
   [ -f "$build/$b" ] && strip -o "gpu-pack/$b" "$build/$b"
 done
 cp -r "$build/share/mpserve" gpu-pack/share/
-ldd gpu-pack/mpserve | grep -vE 'linux-vdso|libc\.so|libm\.so|ld-linux|libpthread|libdl|librt|libcublas|libcudart' && \
+ldd gpu-pack/mpserve | grep -vE 'linux-vdso|libc\.so|libm\.so|ld-linux|libpthread|libdl|librt|libcublas|libcudart|libgcc_s' && \
   { echo "pack: unexpected shared library dependency above"; exit 1; } || true
 du -sh gpu-pack

@@ -23,6 +23,7 @@
 #include "backend/cuda/sampler.cuh"
 #include "backend/cuda/weights_upload.h"
 #include "common/check.h"
+#include "common/env.h"
 #include "common/log.h"
 
 namespace mpserve::backend::cuda {
@@ -191,6 +192,17 @@ class CudaBackend final : public Backend {
   // note: mutable because the engine hands out a const Backend; profiling changes only how a
   // step is launched (eagerly, with events), never what it computes.
   mutable bool profiling_ = false;
+  // Decode steps of at most this many rows take the fused GEMV path (0 = never); tunable by
+  // MPSERVE_CUDA_GEMV_MAX_ROWS so the benchmark can compare both paths in one run.
+  // note: off by default: on an H200 (0.5B shape) it measured slower than cuBLASLt — batch 1
+  // 1.26 vs 1.12 ms/step, batch 8 2.26 vs 1.22 ms/step (docs/results/cuda_backend.md).
+  int gemv_max_rows_ = gemv_max_rows_from_env();
+  static int gemv_max_rows_from_env() {
+    auto v = env::get(env::kCudaGemvMaxRows);
+    if (!v) return 0;
+    int n = std::atoi(v->c_str());
+    return n < 0 ? 0 : (n > kGemvMaxRows ? kGemvMaxRows : n);
+  }
   mutable KernelProfiler profiler_;
 };
 
@@ -415,7 +427,7 @@ void CudaBackend::forward(const StepShape& s) {
   const int in = static_cast<int>(c_.intermediate_size), v = static_cast<int>(c_.vocab_size);
   const float eps = static_cast<float>(c_.rms_norm_eps);
   const StagingLayout& L = *layout_;
-  const bool fused = s.decode && s.tokens <= kGemvMaxRows;
+  const bool fused = s.decode && s.tokens <= gemv_max_rows_;
   auto mark = [&](const char* name) {
     if (profiling_) profiler_.mark(stream_, name);
   };

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -77,7 +79,7 @@ class Fields {
     int64_t x = 0;
     if (v->is_number_unsigned()) {
       uint64_t u = v->get<uint64_t>();
-      in_range = u <= static_cast<uint64_t>(hi);
+      in_range = u <= static_cast<uint64_t>(hi) && (lo <= 0 || u >= static_cast<uint64_t>(lo));
       x = in_range ? static_cast<int64_t>(u) : hi;
     } else {
       x = v->get<int64_t>();
@@ -132,7 +134,9 @@ class Fields {
 std::optional<ApiError> parse_token_ids(const json& arr, const ProtocolLimits& lim, std::vector<int32_t>* out) {
   for (const auto& t : arr) {
     if (!t.is_number_integer()) return bad("prompt", "token id prompts must contain only integers");
-    int64_t id = t.is_number_unsigned() ? std::numeric_limits<int64_t>::max() : t.get<int64_t>();
+    // note: nlohmann stores every non-negative integer as unsigned.
+    int64_t id = t.is_number_unsigned() ? static_cast<int64_t>(std::min<uint64_t>(t.get<uint64_t>(), INT64_MAX))
+                                        : t.get<int64_t>();
     if (id < 0 || id >= lim.vocab_size) {
       return bad("prompt", fmt::format("token id {} is outside the vocabulary [0, {})", t.dump(), lim.vocab_size));
     }

@@ -1,5 +1,6 @@
 #include "router/router.h"
 
+#include <limits>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -213,7 +214,9 @@ class Session {
 
     beast::flat_buffer up_buffer;
     http::response_parser<http::buffer_body> parser;
-    parser.body_limit(boost::none);
+    // note: Boost 1.74 compares the length against an empty optional as "exceeded", so the
+    // unlimited body is spelled as the largest limit instead of boost::none.
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     co_await http::async_read_header(up, up_buffer, parser, net::redirect_error(net::use_awaitable, ec));
     if (ec) {
       pool_.mark_unreachable(lease.engine);
@@ -242,7 +245,9 @@ class Session {
       parser.get().body().data = chunk;
       parser.get().body().size = sizeof(chunk);
       up.expires_after(options_.read_timeout);
-      co_await http::async_read(up, up_buffer, parser, net::redirect_error(net::use_awaitable, ec));
+      // note: read_some, not read: read would wait to fill the 16 KiB chunk buffer, holding back
+      // (and batching) the events of a stream instead of forwarding each as it arrives.
+      co_await http::async_read_some(up, up_buffer, parser, net::redirect_error(net::use_awaitable, ec));
       if (ec == http::error::need_buffer) ec = {};
       size_t n = sizeof(chunk) - parser.get().body().size;
       if (ec) {

@@ -57,9 +57,9 @@ TEST(Cli, greedy_generate_is_identical_run_to_run_and_batched_vs_one_at_a_time) 
   ASSERT_EQ(c.exit_code, 0) << c.err;
   ASSERT_EQ(d.exit_code, 0) << d.err;
   auto ja = json_lines(a.out), jb = json_lines(b.out), jc = json_lines(c.out), jd = json_lines(d.out);
-  ASSERT_EQ(ja.size(), 5u);
-  ASSERT_EQ(jc.size(), 5u);
-  ASSERT_EQ(jd.size(), 5u);
+  ASSERT_EQ(ja.size(), 6u);
+  ASSERT_EQ(jc.size(), 6u);
+  ASSERT_EQ(jd.size(), 6u);
   for (size_t i = 0; i < ja.size(); ++i) {
     EXPECT_EQ(ja[i]["token_ids"].size(), 24u);
     EXPECT_EQ(ja[i]["token_ids"], jb[i]["token_ids"]) << "run to run, prompt " << i;

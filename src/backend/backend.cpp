@@ -1,3 +1,5 @@
+#include <cstdio>
+#include <cstdlib>
 // The backend factory and the option parsers shared by the CLI and the engine.
 #include "backend/backend.h"
 
@@ -55,6 +57,12 @@ Result<std::unique_ptr<Backend>> make_backend(const model::ModelWeights& weights
 #endif
   }
   return Status::error("unknown device");
+}
+
+void Backend::debug_inject_fault() {
+  std::fprintf(stderr, "mpserve: injected fault (--debug-fault-after-requests): aborting\n");
+  std::fflush(stderr);
+  std::abort();
 }
 
 }  // namespace mpserve::backend

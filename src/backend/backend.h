@@ -112,6 +112,10 @@ class Backend {
   // Benchmark hooks (additive; the defaults say "not supported"). They are const because the
   // engine hands out only a const Backend: none of them changes what step() computes.
   virtual StepTimings last_step_timings() const { return {}; }
+  // Test builds of the supervisor's recovery path: make this process fail the way a faulting
+  // GPU client does (CUDA: a kernel writes to an illegal address, which under MPS takes down
+  // every client of the server; CPU: the process aborts). Does not return normally.
+  [[noreturn]] virtual void debug_inject_fault();
   // Allocates and frees its own scratch buffers; needs ~2.5 GiB free on a GPU.
   virtual Result<DeviceCeilings> measure_ceilings() const {
     return Status::errorf("{} backend: device ceilings not supported", name());

@@ -69,6 +69,7 @@ struct Engine::Impl {
   std::vector<const Sequence*> live() const;
 
   EngineOptions opts;
+  int64_t finished_requests = 0;  // for debug_fault_after_requests
   std::unique_ptr<backend::Backend> backend;
   const tokenizer::Tokenizer& tok;
   BlockManager blocks;
@@ -191,6 +192,9 @@ std::vector<RequestOutput> Engine::Impl::step() {
   aborted.clear();
 
   SchedulerOutput sched = scheduler.schedule();
+  if (opts.debug_fault_after_requests >= 0 && finished_requests >= opts.debug_fault_after_requests && !sched.empty()) {
+    backend->debug_inject_fault();
+  }
   if (!sched.empty()) {
     // Build the batch. Spans point into the sequences, which do not change until the step returns.
     backend::Batch batch;
@@ -232,6 +236,7 @@ std::vector<RequestOutput> Engine::Impl::step() {
       append_token(seq, result.tokens[k++]);
       outputs.push_back(take_output(seq));
       if (seq.finished()) {
+        ++finished_requests;
         scheduler.remove(&seq);
         seqs.erase(seq.id);
       }

@@ -19,6 +19,9 @@ struct EngineOptions {
   bool enable_prefix_caching = true;
   int max_waiting = 4096;         // add_request fails beyond this many queued requests
   int64_t step_cpu_us = 0;        // study knob: busy-wait this long on the host every step
+  // Test-only: after this many requests have finished, the next step injects a device fault
+  // (Backend::debug_inject_fault) so the supervisor's MPS recovery can be exercised. -1 = off.
+  int64_t debug_fault_after_requests = -1;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kAborted };

@@ -149,3 +149,18 @@ TEST(Cli, ablation_modes_change_the_output) {
 
 }  // namespace
 }  // namespace mpserve
+
+namespace mpserve {
+namespace {
+
+TEST(Cli, debug_fault_after_requests_kills_the_engine_after_n_requests) {
+  std::string base = "generate --max-tokens 4 --ignore-eos --one-at-a-time --prompt a --prompt b --prompt c";
+  auto ok = run_mpserve(base + " --debug-fault-after-requests 3");
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;  // the fault comes only when a 4th request runs
+  auto r = run_mpserve(base + " --debug-fault-after-requests 1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("injected fault"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace mpserve

@@ -2,6 +2,7 @@
 // graphs for decode-only steps.
 #include "backend/cuda/cuda_backend.h"
 
+#include <cstdio>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,6 +17,7 @@
 #include "backend/cuda/device_memory.h"
 #include "backend/cuda/embedding.cuh"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/fault.cuh"
 #include "backend/cuda/gemv.cuh"
 #include "backend/cuda/kernel_profiler.h"
 #include "backend/cuda/qkv_rope.cuh"
@@ -109,6 +111,15 @@ class CudaBackend final : public Backend {
   int32_t block_size() const override { return opts_.block_size; }
   void step(const Batch& batch, bool want_logits, StepOutput* out) override;
   StepTimings last_step_timings() const override { return last_timings_; }
+  [[noreturn]] void debug_inject_fault() override {
+    std::fprintf(stderr, "mpserve: injecting a device fault (--debug-fault-after-requests)\n");
+    launch_illegal_address_write(stream_);
+    cudaError_t e = cudaStreamSynchronize(stream_);
+    std::fprintf(stderr, "mpserve: CUDA error after injected fault: %s (%s)\n", cudaGetErrorName(e),
+                 cudaGetErrorString(e));
+    std::fflush(stderr);
+    std::abort();
+  }
   Result<DeviceCeilings> measure_ceilings() const override;
   bool set_kernel_profiling(bool on) const override {
     if (on) profiler_.clear();

@@ -8,6 +8,8 @@
 #   `mpserve engine --debug-fault-after-requests N` (a kernel with an illegal address after N requests).
 # Usage: OUT=/some/dir tools/gpu/mps_check.sh [path/to/mpserve]
 set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+command -v curl >/dev/null 2>&1 || curl() { python3 "$HERE/pycurl.py" "$@"; }
 BIN=$(readlink -f "${1:-build/mpserve}")
 OUT=${OUT:-$PWD/mps-check-out}
 GPU=${GPU:-0}

@@ -271,10 +271,25 @@ void Supervisor::recover_gpu(Gpu& g, const std::string& reason) {
   }
   g.daemon_up = true;
   g.recent_exits.clear();
+  const bool again_soon = g.recoveries > 1 && t0 - g.last_recovery_end < options_.stable_after;
+  g.consecutive_recoveries = again_soon ? g.consecutive_recoveries + 1 : 0;
+  auto delay = std::chrono::milliseconds(0);
+  if (g.consecutive_recoveries > 0) {
+    delay = std::min<std::chrono::milliseconds>(
+        options_.backoff_initial * (1LL << std::min(g.consecutive_recoveries - 1, 20)), options_.backoff_cap);
+    log::warn("GPU {}: {} recoveries in a row; engines restart in {} ms", g.gpu, g.consecutive_recoveries + 1,
+              delay.count());
+  }
   for (size_t i : g.engines) {
     Engine& e = engines_[i];
     e.restarts += 1;
     e.consecutive_failures = 0;
+    if (delay.count() > 0) {
+      e.state = State::kBackoff;
+      e.next_start = Clock::now() + delay;
+      publish(i, "restarting");
+      continue;
+    }
     Status s = spawn(i);
     if (!s) {
       log::error("engine {}: {}", i, s.message());
@@ -282,7 +297,8 @@ void Supervisor::recover_gpu(Gpu& g, const std::string& reason) {
       e.next_start = Clock::now() + options_.backoff_initial;
     }
   }
-  g.last_recovery_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  g.last_recovery_end = Clock::now();
+  g.last_recovery_seconds = std::chrono::duration<double>(g.last_recovery_end - t0).count();
   g.next_probe = Clock::now() + options_.mps_probe_interval;
   log::info("GPU {}: recovery #{} done in {:.2f} s (daemon restarted, limits re-applied, {} engines restarting)", g.gpu,
             g.recoveries, g.last_recovery_seconds, g.engines.size());

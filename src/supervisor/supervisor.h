@@ -96,6 +96,11 @@ class Supervisor {
     double last_recovery_seconds = 0;
     std::string last_recovery_reason;
     bool daemon_up = false;
+    // Recoveries that followed the previous one within stable_after: engines that fault again
+    // right after a recovery (a bad model, an unsupported shape) restart with exponential backoff
+    // instead of cycling the daemon in a tight loop.
+    int consecutive_recoveries = 0;
+    std::chrono::steady_clock::time_point last_recovery_end;
   };
 
   // What /health and /metrics show of a GPU; copied from Gpu by the loop thread under mu_.

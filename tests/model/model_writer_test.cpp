@@ -65,7 +65,7 @@ TEST(ShapeConfig, known_shapes_have_the_public_dimensions) {
     int64_t params;  // as published on the Hugging Face model cards
   };
   const std::vector<Want> want = {
-      {"tiny", 128, 4, 4, 2, 32, 384, 151936, true, 20236416},
+      {"tiny", 256, 4, 4, 2, 64, 768, 151936, true, 42045696},
       {"qwen2.5-0.5b", 896, 24, 14, 2, 64, 4864, 151936, true, 494032768},
       {"qwen2.5-1.5b", 1536, 28, 12, 2, 128, 8960, 151936, true, 1543714304},
       {"qwen2.5-3b", 2048, 36, 16, 2, 128, 11008, 151936, true, 3085938688},
@@ -118,7 +118,7 @@ TEST(MakeModel, tiny_loads_back_with_tokenizer_and_eos_ids) {
   ASSERT_TRUE(w.is_ok()) << w.error();
   const ModelConfig& c = (*w)->config;
   EXPECT_EQ(c.arch, Arch::kQwen2);
-  EXPECT_EQ(c.hidden_size, 128);
+  EXPECT_EQ(c.hidden_size, 256);
   EXPECT_EQ(c.vocab_size, 151936);
   EXPECT_THAT(c.eos_token_ids, ElementsAre(151645, 151643));  // config.json, then generation_config.json
   EXPECT_EQ((*w)->embed_tokens.dtype, DType::kBF16);
@@ -144,7 +144,7 @@ TEST(MakeModel, initialisation_scales_follow_the_note) {
   ASSERT_TRUE(make(dir.path(), 3).is_ok());
   auto w = load_model(dir.path());
   ASSERT_TRUE(w.is_ok()) << w.error();
-  const double H = 128, I = 384, L = 4;
+  const double H = 256, I = 768, L = 4;
   Stats embed = stats((*w)->embed_tokens);
   EXPECT_TRUE(embed.finite);
   EXPECT_NEAR(embed.rms, 2.0 / std::sqrt(H), 0.01);

@@ -6,7 +6,7 @@ OUT=${OUT:-/tmp/golden-out}
 mkdir -p "$OUT"
 export MPSERVE_TOKENIZER_DIR=$PWD/gpu-pack/share/mpserve/tokenizer
 work=/tmp/mpserve-golden && mkdir -p $work
-for spec in "tiny:tiny:0" "qwen2.5-0.5b:qwen2.5-0.5b:0" ${EXTRA_SHAPES:-}; do
+for spec in ${GOLDEN_SPECS:-tiny:tiny:0 qwen2.5-0.5b:qwen2.5-0.5b:0}; do
   IFS=: read -r name shape seed <<<"$spec"
   ./gpu-pack/mpserve make-model --shape "$shape" --seed "$seed" --out "$work/$name" 2>&1 | tee -a "$OUT/golden.log"
   python3 tools/gpu/golden_hf.py --model "$work/$name" --name "$name" --out "$OUT/golden_${name//./_}.json" 2>&1 \

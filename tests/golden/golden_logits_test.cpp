@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fmt/format.h>
+
 #include "backend/backend.h"
 #include "common/env.h"
 #include "model/model_writer.h"
@@ -47,16 +49,14 @@ json load_golden(const std::string& file) {
 
 // Makes (once) the model the golden file was recorded on: shape NAME, seed 0.
 fs::path model_for(const std::string& shape) {
-  fs::path dir = cache_dir() / ("golden-" + shape);
-  // A cached copy is reused only if it is what make-model writes for this shape today.
+  // The cache name carries a hash of the shape's config, so a changed shape never reuses a stale
+  // copy, and tests running in parallel never delete a directory another one is reading.
   auto want = model::shape_config(shape);
   EXPECT_TRUE(want.is_ok()) << want.error();
-  auto have = model::load_model_config(dir);
-  if (fs::exists(dir / "model.safetensors") && have.is_ok() &&
-      model::model_config_to_json(*have) == model::model_config_to_json(*want)) {
-    return dir;
-  }
-  fs::remove_all(dir);
+  const size_t h = std::hash<std::string>{}(model::model_config_to_json(*want));
+  fs::path dir = cache_dir() / fmt::format("golden-{}-{:016x}", shape, h);
+  if (fs::exists(dir / "model.safetensors")) return dir;
+  fs::create_directories(cache_dir());
   model::MakeModelOptions o;
   o.shape = shape;
   o.seed = 0;

@@ -4,11 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 debs=(cmake g++ make pkg-config libpcre2-dev libutf8proc-dev nlohmann-json3-dev libcli11-dev
       libfmt-dev libboost-dev libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
-      nodejs npm gnuplot-nox curl)
+      gnuplot-nox curl)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# note: Node.js may come from outside Debian (with its own npm, which conflicts with Debian's npm
+# package), so it is checked as commands, not packages.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install_deps: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -78,7 +78,7 @@ for i in 1 2 3 4; do curl -s "http://127.0.0.1:$PORT/v1/completions" -H 'Content
 SERVERS=$(echo get_server_list | CUDA_MPS_PIPE_DIRECTORY="$PIPE" nvidia-cuda-mps-control 2>&1)
 say "get_server_list: $SERVERS"
 test -n "$SERVERS"; check "MPS server listed" $? "servers=[$SERVERS]"
-CLIENTS=$(grep -c "New client" "$RT/rt/mps-gpu$GPU/log/server.log" 2>/dev/null || echo 0)
+CLIENTS=$(cat "$RT/rt/mps-gpu$GPU/log/server.log" "$RT/rt/mps-gpu$GPU/log/control.log" 2>/dev/null | grep -ci "new client" || true)
 test "$CLIENTS" -ge 2; check "2 clients on the MPS server" $? "server.log 'New client' lines=$CLIENTS"
 D0=$(daemon_pid)
 for p in $(ours); do tr '\0' '\n' < /proc/$p/environ | grep -q "CUDA_MPS_PIPE_DIRECTORY=$PIPE" && say "client env ok: pid $p ($(tr '\0' ' ' < /proc/$p/cmdline | cut -c1-60))"; done

@@ -38,6 +38,10 @@ void add_engine_flags(CLI::App* cmd, EngineFlags* f) {
       ->capture_default_str();
   cmd->add_option("--step-cpu-us", f->step_cpu_us, "study knob: host busy time added to every engine step (µs)")
       ->check(CLI::Range(int64_t{0}, int64_t{10'000'000}));
+  cmd->add_option("--max-waiting", f->max_waiting,
+                  "most queued (not yet running) requests; more are refused as overloaded (HTTP 429)")
+      ->check(CLI::Range(1, 1 << 24))
+      ->capture_default_str();
   cmd->add_option("--debug-fault-after-requests", f->debug_fault_after_requests,
                   "testing only: after N finished requests, fault the device (CUDA: illegal-address kernel)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))
@@ -74,6 +78,7 @@ Result<LoadedEngine> load_engine(const EngineFlags& f) {
   eo.enable_prefix_caching = !f.no_prefix_caching;
   eo.step_cpu_us = f.step_cpu_us;
   eo.debug_fault_after_requests = f.debug_fault_after_requests;
+  eo.max_waiting = f.max_waiting;
   if (!eo.enable_chunked_prefill && eo.backend.max_num_batched_tokens < eo.backend.max_model_len) {
     return Status::errorf("--no-chunked-prefill needs --max-num-batched-tokens ({}) >= --max-model-len ({})",
                           eo.backend.max_num_batched_tokens, eo.backend.max_model_len);

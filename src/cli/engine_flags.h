@@ -31,6 +31,7 @@ struct EngineFlags {
   bool no_chunked_prefill = false;
   int64_t step_cpu_us = 0;
   int64_t debug_fault_after_requests = -1;
+  int max_waiting = 4096;
 };
 
 void add_engine_flags(CLI::App* cmd, EngineFlags* f);

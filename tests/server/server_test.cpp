@@ -354,5 +354,31 @@ TEST(ServerLifecycle, sigterm_past_the_drain_deadline_aborts_with_an_error_then_
   expect_error(r, 503);
 }
 
+TEST(ServerLifecycle, full_waiting_queue_gets_429_with_retry_after) {
+  ServerProcess server({"--max-waiting", "1"});  // and --max-num-seqs 8 from ServerProcess
+  ASSERT_TRUE(server.ready());
+  uint16_t port = server.port();
+  std::vector<std::future<HttpResult>> futs;
+  for (int i = 0; i < 16; ++i) {
+    futs.push_back(std::async(std::launch::async, [port] {
+      return post(port, "/v1/completions", R"({"prompt":"queue","max_tokens":120,"ignore_eos":true})");
+    }));
+  }
+  int ok = 0, overloaded = 0;
+  for (auto& f : futs) {
+    HttpResult r = f.get();
+    if (r.status == 200) {
+      ++ok;
+    } else {
+      expect_error(r, 429);
+      EXPECT_EQ(r.headers["Retry-After"], "1");
+      ++overloaded;
+    }
+  }
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(overloaded, 1);  // 8 running + 1 waiting at most: 16 at once cannot all be queued
+  EXPECT_EQ(ok + overloaded, 16);
+}
+
 }  // namespace
 }  // namespace mpserve::testing

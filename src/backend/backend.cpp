@@ -4,6 +4,7 @@
 #include "backend/backend.h"
 
 #include "backend/cpu/cpu_backend.h"
+#include "common/check.h"
 #ifdef MPSERVE_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -33,6 +34,20 @@ std::string_view ablation_name(Ablation a) {
       return "mlp";
   }
   return "none";
+}
+
+void Backend::launch(const Batch& batch, bool want_logits) {
+  MPS_CHECK_MSG(!pending_valid_, "{} backend: launch() while a step is still to be collected", name());
+  pending_ = StepOutput{};
+  step(batch, want_logits, &pending_);
+  pending_valid_ = true;
+}
+
+void Backend::collect(StepOutput* out) {
+  MPS_CHECK_MSG(pending_valid_, "{} backend: collect() without a launched step", name());
+  *out = std::move(pending_);
+  pending_ = StepOutput{};
+  pending_valid_ = false;
 }
 
 bool cuda_compiled() {

@@ -109,6 +109,16 @@ class Backend {
   // Runs one step. Must not fail for a batch the scheduler built within the options' limits.
   virtual void step(const Batch& batch, bool want_logits, StepOutput* out) = 0;
 
+  // Async scheduling (--async-scheduling): launch() starts a step and returns once everything it
+  // needs from `batch` is copied (the spans may change right after); collect() waits for that
+  // step and fills `out`. At most one step is in flight; launch() + collect() computes exactly
+  // what step() does. The defaults run the whole step inside launch() (no overlap, same result),
+  // so every backend supports the mode and only a device backend makes it pay.
+  virtual void launch(const Batch& batch, bool want_logits);
+  virtual void collect(StepOutput* out);
+  // True when launch() returns before the device finishes (the engine reports it; tests use it).
+  virtual bool launch_is_async() const { return false; }
+
   // Benchmark hooks (additive; the defaults say "not supported"). They are const because the
   // engine hands out only a const Backend: none of them changes what step() computes.
   virtual StepTimings last_step_timings() const { return {}; }
@@ -124,6 +134,11 @@ class Backend {
   // benchmark profiles in a pass of its own. Returns false when not supported.
   virtual bool set_kernel_profiling(bool /*on*/) const { return false; }
   virtual std::vector<KernelTime> kernel_profile() const { return {}; }
+
+ private:
+  // The default launch()/collect(): the finished step waiting to be collected.
+  StepOutput pending_;
+  bool pending_valid_ = false;
 };
 
 // Creates the backend for opts.device. CUDA in a build without it, or without a usable GPU,

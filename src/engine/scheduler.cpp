@@ -56,6 +56,7 @@ SchedulerOutput Scheduler::schedule() {
   for (Sequence* seq : order) {
     if (budget <= 0) break;
     if (seq->status != SeqStatus::kRunning) continue;  // preempted earlier in this loop
+    if (seq->final_token_pending) continue;            // finishes when the step in flight returns
     const int32_t want = seq->num_uncomputed();
     MPS_CHECK_MSG(want >= 1, "running seq {} has nothing to compute", seq->id);
     const int32_t n = static_cast<int32_t>(std::min<int64_t>(want, budget));
@@ -65,7 +66,7 @@ SchedulerOutput Scheduler::schedule() {
     while (!blocks_->can_append(*seq, n)) {
       Sequence* victim = nullptr;
       for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
-        if (*it != seq && !scheduled.count(*it)) {
+        if (*it != seq && !scheduled.count(*it) && !(*it)->final_token_pending) {
           victim = *it;
           break;
         }

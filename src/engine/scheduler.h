@@ -12,6 +12,12 @@
 // the waiting queue, to re-prefill prompt + generated tokens later (its full blocks usually
 // still sit in the prefix cache). If no such other sequence exists it preempts itself.
 // note: already-scheduled sequences are never victims, so a decision is never undone.
+//
+// Async scheduling: schedule() may run while the previous step is still on the device. The
+// engine has then already advanced every sequence of that step as if it had run (num_computed,
+// and a placeholder for each token it samples), so the scheduler sees the state the step will
+// leave. A sequence whose last token is in flight (final_token_pending) is neither scheduled
+// nor chosen as a victim: it finishes when the step is collected.
 #pragma once
 
 #include <cstdint>

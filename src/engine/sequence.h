@@ -57,6 +57,9 @@ struct Sequence {
   SeqStatus status = SeqStatus::kWaiting;
   FinishReason finish_reason = FinishReason::kNone;
   int32_t num_preemptions = 0;
+  // Async scheduling: the step in flight samples this sequence's last token (max_tokens or
+  // max_model_len), so it finishes when that step is collected; the scheduler leaves it alone.
+  bool final_token_pending = false;
 
   tokenizer::IncrementalDetokenizer detok;
   StopStringMatcher stop_matcher;

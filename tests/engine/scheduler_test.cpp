@@ -168,6 +168,27 @@ TEST(Scheduler, scheduler_preempts_itself_when_no_unscheduled_victim_is_left) {
   EXPECT_EQ(a->status, SeqStatus::kRunning);
 }
 
+TEST(Scheduler, scheduler_leaves_a_sequence_whose_final_token_is_in_flight_alone) {
+  World w(6, 2, SchedulerConfig{8, 64, true});
+  Sequence* a = w.add(3);
+  Sequence* b = w.add(3);
+  Sequence* c = w.add(3);
+  w.finish_step(w.sched.schedule());  // 2 blocks each: the cache is full
+  w.finish_step(w.sched.schedule());  // position 3 still fits the second block
+  // C's last token is in flight (async scheduling): it is neither scheduled nor a victim, so
+  // when A and B need a third block, B (the newest other) is preempted instead, then A takes
+  // the freed blocks.
+  c->final_token_pending = true;
+  SchedulerOutput o = w.sched.schedule();
+  ASSERT_EQ(o.scheduled.size(), 1u);
+  EXPECT_EQ(o.scheduled[0].seq, a);
+  ASSERT_EQ(o.preempted.size(), 1u);
+  EXPECT_EQ(o.preempted[0], b);
+  EXPECT_EQ(c->status, SeqStatus::kRunning);
+  EXPECT_EQ(c->block_table.size(), 2u);
+  w.finish_step(o);
+}
+
 TEST(Scheduler, scheduler_without_chunked_prefill_schedules_whole_prompts) {
   World w(64, 4, SchedulerConfig{8, 10, false});
   w.add(6);

@@ -1,9 +1,15 @@
 // Engine::Impl: step() = schedule -> build the backend batch -> run -> post-process.
+//
+// Async scheduling pipelines two steps: with step t in flight, step() pays the injected host
+// cost, schedules and builds step t+1 against the state step t will leave (advance() ran at
+// launch), then collects t, writes its tokens over the placeholders, post-processes, drops from
+// t+1 what finished at t, and launches t+1. The device idles only between collect and launch.
 #include "engine/engine.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <unordered_map>
 
 #include "common/check.h"
@@ -47,6 +53,24 @@ void busy_wait_us(int64_t us) {
   }
 }
 
+// Stands in for a token sampled by the step in flight until collect() returns it.
+// note: negative so that a placeholder reaching a backend or a prefix-cache hash is caught.
+constexpr int32_t kPlaceholderToken = -1;
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// One scheduled step, from scheduling to post-processing.
+struct StepPlan {
+  std::vector<ScheduledSeq> scheduled;
+  backend::Batch batch;  // entry i runs scheduled[i]; spans into the sequences
+  // Per entry: index in seq->tokens of the token the step samples (set by advance()); -1: none.
+  std::vector<int32_t> token_index;
+  bool want_logits = false;
+  bool empty() const { return scheduled.empty(); }
+};
+
 }  // namespace
 
 struct Engine::Impl {
@@ -61,9 +85,25 @@ struct Engine::Impl {
     if (auto e = tok.eos_token_id()) eos_ids.push_back(*e);
   }
 
+  ~Impl() {
+    // The device may still be reading this step's inputs: let it finish before they go.
+    if (in_flight) {
+      backend::StepOutput discard;
+      backend->collect(&discard);
+    }
+  }
+
   Status validate(const GenerationRequest& r) const;
   std::vector<RequestOutput> step();
-  void append_token(Sequence& seq, int32_t token);
+  std::vector<RequestOutput> step_sync();
+  std::vector<RequestOutput> step_async(Clock::time_point t0);
+  StepPlan plan_step();
+  void launch(StepPlan plan);
+  void advance(StepPlan& plan);
+  void post_process(const StepPlan& plan, const backend::StepOutput& result, std::vector<RequestOutput>* outputs,
+                    std::vector<uint64_t>* finished_ids);
+  bool in_flight_holds(const Sequence* seq, int32_t* token_index) const;
+  void on_sampled(Sequence& seq, int32_t token);
   void finish(Sequence& seq, FinishReason reason, bool release_text);
   RequestOutput take_output(Sequence& seq);
   std::vector<const Sequence*> live() const;
@@ -79,6 +119,10 @@ struct Engine::Impl {
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs;
   // Outputs of aborted requests, reported by the next step().
   std::vector<RequestOutput> aborted;
+  // Async scheduling: the step launched and not yet collected, already advanced.
+  std::optional<StepPlan> in_flight;
+  // Sequences aborted while in_flight referred to them; destroyed once it is post-processed.
+  std::vector<std::unique_ptr<Sequence>> retired;
   uint64_t next_id = 1;
   EngineStats stats;
 };
@@ -148,8 +192,7 @@ void Engine::Impl::finish(Sequence& seq, FinishReason reason, bool release_text)
   seq.finish_reason = reason;
 }
 
-void Engine::Impl::append_token(Sequence& seq, int32_t token) {
-  seq.tokens.push_back(token);
+void Engine::Impl::on_sampled(Sequence& seq, int32_t token) {
   seq.out_tokens.push_back(token);
   ++stats.generation_tokens_total;
   const auto& r = seq.request;
@@ -185,66 +228,168 @@ RequestOutput Engine::Impl::take_output(Sequence& seq) {
   return o;
 }
 
-std::vector<RequestOutput> Engine::Impl::step() {
-  const auto t0 = Clock::now();
-  busy_wait_us(opts.step_cpu_us);
-  std::vector<RequestOutput> outputs = std::move(aborted);
-  aborted.clear();
-
+StepPlan Engine::Impl::plan_step() {
+  StepPlan plan;
   SchedulerOutput sched = scheduler.schedule();
   if (opts.debug_fault_after_requests >= 0 && finished_requests >= opts.debug_fault_after_requests && !sched.empty()) {
     backend->debug_inject_fault();
   }
-  if (!sched.empty()) {
-    // Build the batch. Spans point into the sequences, which do not change until the step returns.
-    backend::Batch batch;
-    batch.entries.reserve(sched.scheduled.size());
-    bool want_logits = false;
-    for (const ScheduledSeq& s : sched.scheduled) {
-      Sequence& seq = *s.seq;
-      backend::BatchEntry e;
-      e.seq_id = static_cast<int64_t>(seq.id);
-      e.context_len = seq.num_computed;
-      e.tokens = std::span<const int32_t>(seq.tokens.data() + seq.num_computed, s.num_tokens);
-      e.block_table = std::span<const int32_t>(seq.block_table.data(),
-                                               blocks.blocks_for_tokens(int64_t{seq.num_computed} + s.num_tokens));
-      e.sample = s.sample;
-      e.sampling = seq.request.sampling;
-      e.num_generated = seq.num_generated();
-      want_logits |= s.sample && seq.request.want_logits;
-      batch.entries.push_back(e);
-    }
-    backend::StepOutput result;
-    backend->step(batch, want_logits, &result);
+  plan.scheduled = std::move(sched.scheduled);
+  plan.batch.entries.reserve(plan.scheduled.size());
+  for (const ScheduledSeq& s : plan.scheduled) {
+    const Sequence& seq = *s.seq;
+    backend::BatchEntry e;
+    e.seq_id = static_cast<int64_t>(seq.id);
+    e.context_len = seq.num_computed;
+    e.tokens = std::span<const int32_t>(seq.tokens.data() + seq.num_computed, s.num_tokens);
+    e.block_table = std::span<const int32_t>(seq.block_table.data(),
+                                             blocks.blocks_for_tokens(int64_t{seq.num_computed} + s.num_tokens));
+    e.sample = s.sample;
+    e.sampling = seq.request.sampling;
+    e.num_generated = seq.num_generated();
+    plan.want_logits |= s.sample && seq.request.want_logits;
+    plan.batch.entries.push_back(e);
+  }
+  return plan;
+}
 
-    // Post-process: KV written, sampled tokens appended, stop conditions checked.
-    const size_t num_sampled =
-        std::count_if(sched.scheduled.begin(), sched.scheduled.end(), [](const ScheduledSeq& s) { return s.sample; });
-    MPS_CHECK_MSG(result.tokens.size() == num_sampled, "backend returned {} tokens for {} sampled entries",
-                  result.tokens.size(), num_sampled);
-    const size_t vocab = want_logits && num_sampled > 0 ? result.logits.size() / num_sampled : 0;
-    size_t k = 0;
-    for (const ScheduledSeq& s : sched.scheduled) {
-      Sequence& seq = *s.seq;
-      seq.num_computed += s.num_tokens;
-      blocks.on_computed(seq);
-      if (!s.sample) continue;
-      if (seq.request.want_logits && vocab > 0) {
-        seq.out_logits.insert(seq.out_logits.end(), result.logits.begin() + k * vocab,
-                              result.logits.begin() + (k + 1) * vocab);
-      }
-      append_token(seq, result.tokens[k++]);
-      outputs.push_back(take_output(seq));
-      if (seq.finished()) {
-        ++finished_requests;
-        scheduler.remove(&seq);
-        seqs.erase(seq.id);
-      }
+// Moves every sequence of a launched step to the state the step leaves: its tokens computed
+// and, where it samples, a placeholder for the new token. Only after launch(): the batch's
+// spans may dangle once tokens grow.
+void Engine::Impl::advance(StepPlan& plan) {
+  plan.token_index.assign(plan.scheduled.size(), -1);
+  for (size_t i = 0; i < plan.scheduled.size(); ++i) {
+    const ScheduledSeq& s = plan.scheduled[i];
+    Sequence& seq = *s.seq;
+    seq.num_computed += s.num_tokens;
+    if (!s.sample) continue;
+    plan.token_index[i] = seq.num_tokens();
+    seq.tokens.push_back(kPlaceholderToken);
+    seq.final_token_pending =
+        seq.num_generated() >= seq.request.max_tokens || seq.num_tokens() >= opts.backend.max_model_len;
+  }
+}
+
+// Writes the step's sampled tokens, offers completed blocks to the prefix cache and checks stop
+// conditions. In async mode a sequence may since have been aborted (skipped: already reported)
+// or preempted while the next step was scheduled (it still gets its token).
+void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput& result,
+                                std::vector<RequestOutput>* outputs, std::vector<uint64_t>* finished_ids) {
+  const size_t num_sampled = std::count_if(plan.scheduled.begin(), plan.scheduled.end(),
+                                           [](const ScheduledSeq& s) { return s.sample; });
+  MPS_CHECK_MSG(result.tokens.size() == num_sampled, "backend returned {} tokens for {} sampled entries",
+                result.tokens.size(), num_sampled);
+  const size_t vocab = plan.want_logits && num_sampled > 0 ? result.logits.size() / num_sampled : 0;
+  size_t k = 0;
+  for (size_t i = 0; i < plan.scheduled.size(); ++i) {
+    const ScheduledSeq& s = plan.scheduled[i];
+    Sequence& seq = *s.seq;
+    const size_t row = s.sample ? k++ : 0;
+    if (seq.finished()) continue;  // aborted while in flight
+    // note: the prefix cache hashes only computed tokens, and the placeholder sits past them.
+    blocks.on_computed(seq);
+    if (!s.sample) continue;
+    if (seq.request.want_logits && vocab > 0) {
+      seq.out_logits.insert(seq.out_logits.end(), result.logits.begin() + row * vocab,
+                            result.logits.begin() + (row + 1) * vocab);
+    }
+    const int32_t token = result.tokens[row];
+    seq.tokens[plan.token_index[i]] = token;
+    seq.final_token_pending = false;
+    on_sampled(seq, token);
+    outputs->push_back(take_output(seq));
+    if (seq.finished()) {
+      ++finished_requests;
+      scheduler.remove(&seq);
+      finished_ids->push_back(seq.id);
     }
   }
+}
 
+bool Engine::Impl::in_flight_holds(const Sequence* seq, int32_t* token_index) const {
+  if (!in_flight) return false;
+  for (size_t i = 0; i < in_flight->scheduled.size(); ++i) {
+    if (in_flight->scheduled[i].seq == seq) {
+      *token_index = in_flight->token_index[i];
+      return true;
+    }
+  }
+  return false;
+}
+
+void Engine::Impl::launch(StepPlan plan) {
+  plan.want_logits = false;
+  for (size_t i = 0; i < plan.scheduled.size(); ++i) {
+    const backend::BatchEntry& e = plan.batch.entries[i];
+    plan.want_logits |= e.sample && plan.scheduled[i].seq->request.want_logits;
+    MPS_CHECK_MSG(std::find(e.tokens.begin(), e.tokens.end(), kPlaceholderToken) == e.tokens.end(),
+                  "seq {}: launching a step whose input is still a placeholder", e.seq_id);
+  }
+  backend->launch(plan.batch, plan.want_logits);
+  plan.batch.entries.clear();  // its spans may dangle from here on
+  advance(plan);
+  in_flight = std::move(plan);
+}
+
+std::vector<RequestOutput> Engine::Impl::step() {
+  const auto t0 = Clock::now();
+  busy_wait_us(opts.step_cpu_us);
+  std::vector<RequestOutput> outputs = opts.async_scheduling ? step_async(t0) : step_sync();
   ++stats.steps;
-  stats.last_step_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  stats.last_step_ms = ms_between(t0, Clock::now());
+  return outputs;
+}
+
+std::vector<RequestOutput> Engine::Impl::step_sync() {
+  std::vector<RequestOutput> outputs = std::move(aborted);
+  aborted.clear();
+  StepPlan plan = plan_step();
+  if (plan.empty()) return outputs;
+  backend::StepOutput result;
+  backend->step(plan.batch, plan.want_logits, &result);
+  advance(plan);
+  std::vector<uint64_t> finished_ids;
+  post_process(plan, result, &outputs, &finished_ids);
+  for (uint64_t id : finished_ids) seqs.erase(id);
+  return outputs;
+}
+
+std::vector<RequestOutput> Engine::Impl::step_async(Clock::time_point t0) {
+  std::vector<RequestOutput> outputs = std::move(aborted);
+  aborted.clear();
+  StepPlan next = plan_step();
+
+  if (in_flight) {
+    const auto t_collect = Clock::now();
+    backend::StepOutput result;
+    backend->collect(&result);
+    const auto t_collected = Clock::now();
+    stats.async_overlap_last_ms = ms_between(t0, t_collect);
+    stats.async_overlap_ms_total += stats.async_overlap_last_ms;
+    stats.async_collect_wait_ms_total += ms_between(t_collect, t_collected);
+
+    std::vector<uint64_t> finished_ids;
+    post_process(*in_flight, result, &outputs, &finished_ids);
+    in_flight.reset();
+    retired.clear();
+    // What finished at the collected step was scheduled optimistically: take it out again.
+    size_t kept = 0;
+    for (size_t i = 0; i < next.scheduled.size(); ++i) {
+      if (next.scheduled[i].seq->finished()) continue;
+      next.scheduled[kept] = next.scheduled[i];
+      next.batch.entries[kept] = next.batch.entries[i];
+      ++kept;
+    }
+    next.scheduled.resize(kept);
+    next.batch.entries.resize(kept);
+    for (uint64_t id : finished_ids) seqs.erase(id);
+
+    if (!next.empty()) launch(std::move(next));
+    stats.async_gap_ms_total += ms_between(t_collected, Clock::now());
+  } else if (!next.empty()) {
+    stats.async_overlap_last_ms = 0;
+    launch(std::move(next));
+  }
   return outputs;
 }
 
@@ -275,11 +420,19 @@ void Engine::abort_request(uint64_t request_id) {
   seq.out_tokens.clear();
   seq.out_text.clear();
   seq.out_logits.clear();
+  // The step in flight may still sample for it: drop the placeholder (the backend holds no span
+  // after launch) and keep the sequence until that step is post-processed, which skips it.
+  int32_t token_index = -1;
+  const bool in_flight = impl_->in_flight_holds(&seq, &token_index);
+  if (token_index >= 0) seq.tokens.resize(token_index);
   impl_->aborted.push_back(impl_->take_output(seq));
+  if (in_flight) impl_->retired.push_back(std::move(it->second));
   impl_->seqs.erase(it);
 }
 
-bool Engine::has_unfinished() const { return !impl_->seqs.empty() || !impl_->aborted.empty(); }
+bool Engine::has_unfinished() const {
+  return !impl_->seqs.empty() || !impl_->aborted.empty() || impl_->in_flight.has_value();
+}
 
 std::vector<RequestOutput> Engine::step() { return impl_->step(); }
 

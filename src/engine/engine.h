@@ -19,6 +19,10 @@ struct EngineOptions {
   bool enable_prefix_caching = true;
   int max_waiting = 4096;         // add_request fails beyond this many queued requests
   int64_t step_cpu_us = 0;        // study knob: busy-wait this long on the host every step
+  // --async-scheduling: step() schedules and builds step t+1 (and pays step_cpu_us) while step t
+  // runs on the device (Backend::launch/collect). Outputs are identical to the synchronous mode;
+  // each step() returns the outputs of the step launched by the previous call.
+  bool async_scheduling = false;
   // Test-only: after this many requests have finished, the next step injects a device fault
   // (Backend::debug_inject_fault) so the supervisor's MPS recovery can be exercised. -1 = off.
   int64_t debug_fault_after_requests = -1;
@@ -59,8 +63,17 @@ struct EngineStats {
   int64_t prompt_tokens_total = 0;
   int64_t generation_tokens_total = 0;
   int64_t prefix_cache_hit_tokens = 0;
-  int64_t steps = 0;
-  double last_step_ms = 0;
+  int64_t steps = 0;               // step() calls
+  double last_step_ms = 0;          // wall time of the last step() call
+  // Async scheduling only. Host time of step() spent while the previous step was in flight
+  // (injected cost, scheduling, batch building); it hides behind the device when the backend's
+  // launch() is asynchronous (Backend::launch_is_async).
+  double async_overlap_last_ms = 0;
+  double async_overlap_ms_total = 0;
+  // Time blocked in Backend::collect(): device time that no host work covered.
+  double async_collect_wait_ms_total = 0;
+  // Host time between collect(t) and launch(t+1) (post-processing, launch): the device idles.
+  double async_gap_ms_total = 0;
 };
 
 class Engine {
@@ -79,6 +92,8 @@ class Engine {
   void abort_request(uint64_t request_id);
   bool has_unfinished() const;
   // One scheduling step. Returns outputs of the requests that progressed or finished.
+  // Async scheduling: launches the next step before returning the previous one's outputs, so
+  // the first call returns only aborts and has_unfinished() stays true while a step is in flight.
   std::vector<RequestOutput> step();
   EngineStats stats() const;
   const backend::Backend& backend() const;

@@ -6,11 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -245,13 +247,52 @@ class FakeBackend : public backend::Backend {
   std::unordered_map<int64_t, size_t> sampled_at_len_;
 };
 
-// An engine over a FakeBackend; `fake` stays valid while `engine` lives.
+// A FakeBackend on a pretend device that takes `device_us` per step: launch() computes the
+// step and returns at once, collect() sleeps until the device time since launch has passed, and
+// step() (the synchronous path) sleeps the whole device time. It sleeps rather than spins
+// because the host core is free while a real device runs.
+class SlowDeviceFakeBackend : public FakeBackend {
+ public:
+  SlowDeviceFakeBackend(FakeBackendOptions o, std::chrono::microseconds device_us)
+      : FakeBackend(std::move(o)), device_us_(device_us) {}
+  ~SlowDeviceFakeBackend() override { EXPECT_FALSE(pending_) << "destroyed with a step in flight"; }
+
+  void step(const backend::Batch& batch, bool want_logits, backend::StepOutput* out) override {
+    const auto done = std::chrono::steady_clock::now() + device_us_;
+    FakeBackend::step(batch, want_logits, out);
+    std::this_thread::sleep_until(done);
+  }
+  void launch(const backend::Batch& batch, bool want_logits) override {
+    EXPECT_FALSE(pending_) << "launch() while a step is in flight";
+    done_ = std::chrono::steady_clock::now() + device_us_;
+    out_ = {};
+    FakeBackend::step(batch, want_logits, &out_);
+    pending_ = true;
+  }
+  void collect(backend::StepOutput* out) override {
+    EXPECT_TRUE(pending_) << "collect() without a launched step";
+    std::this_thread::sleep_until(done_);
+    *out = std::move(out_);
+    pending_ = false;
+  }
+  bool launch_is_async() const override { return true; }
+
+ private:
+  std::chrono::microseconds device_us_;
+  std::chrono::steady_clock::time_point done_;
+  backend::StepOutput out_;
+  bool pending_ = false;
+};
+
+// An engine over a FakeBackend; `fake` stays valid while `engine` lives. With device_us > 0
+// the backend is a SlowDeviceFakeBackend.
 struct FakeEngine {
-  FakeEngine(EngineOptions opts, FakeBackendOptions bo) {
+  FakeEngine(EngineOptions opts, FakeBackendOptions bo, std::chrono::microseconds device_us = {}) {
     opts.backend.block_size = bo.block_size;
     bo.max_num_seqs = opts.backend.max_num_seqs;
     bo.max_num_batched_tokens = opts.backend.max_num_batched_tokens;
-    auto b = std::make_unique<FakeBackend>(bo);
+    std::unique_ptr<FakeBackend> b = device_us.count() > 0 ? std::make_unique<SlowDeviceFakeBackend>(bo, device_us)
+                                                           : std::make_unique<FakeBackend>(bo);
     fake = b.get();
     engine = std::make_unique<Engine>(opts, std::move(b), tok);
   }

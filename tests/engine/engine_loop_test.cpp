@@ -102,6 +102,61 @@ TEST(EngineLoop, engine_loop_serves_submissions_from_many_threads) {
   EXPECT_EQ(f.fake->errors, 0);
 }
 
+TEST(EngineLoop, engine_loop_with_async_scheduling_matches_solo_runs_and_aborts_once) {
+  EngineOptions opts;
+  opts.async_scheduling = true;
+  opts.step_cpu_us = 500;
+  opts.backend.max_num_seqs = 8;
+  opts.backend.max_num_batched_tokens = 16;
+  FakeBackendOptions bo;
+  bo.num_blocks = 24;
+  LoopFixture f(opts, bo);
+  // A long request aborted while its steps are in flight ends with exactly one abort output
+  // (a second finished output would set the stream's promise twice).
+  Stream aborted;
+  auto long_id = f.loop->submit(request(99, 5, 60), aborted.callback());
+  ASSERT_TRUE(long_id.is_ok()) << long_id.error();
+  const int kThreads = 3, kPerThread = 4;
+  std::vector<std::vector<Collected>> results(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        Stream s;
+        const int k = t * kPerThread + i;
+        auto id = f.loop->submit(request(k, 3 + k % 11, 4 + k % 9), s.callback());
+        ASSERT_TRUE(id.is_ok()) << id.error();
+        s.done.get_future().wait();
+        std::lock_guard<std::mutex> lk(s.mu);
+        results[t].push_back(s.c);
+      }
+    });
+  }
+  for (int i = 0; i < 2000; ++i) {
+    {
+      std::lock_guard<std::mutex> lk(aborted.mu);
+      if (aborted.c.tokens.size() >= 2) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  f.loop->abort(*long_id);
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(aborted.done.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(aborted.c.reason, FinishReason::kAborted);
+  EXPECT_GE(aborted.c.tokens.size(), 2u);
+  EXPECT_LT(aborted.c.tokens.size(), 60u);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kPerThread; ++i) {
+      const int k = t * kPerThread + i;
+      EXPECT_EQ(results[t][i].tokens, run_alone(request(k, 3 + k % 11, 4 + k % 9)).tokens) << "request " << k;
+      EXPECT_EQ(results[t][i].reason, FinishReason::kLength);
+    }
+  }
+  f.loop->drain_and_stop(EngineLoop::Clock::now() + std::chrono::seconds(10));
+  EXPECT_EQ(f.loop->stats().kv_blocks_used, 0);
+  EXPECT_EQ(f.fake->errors, 0);
+}
+
 TEST(EngineLoop, engine_loop_rejects_bad_request_synchronously) {
   LoopFixture f;
   GenerationRequest r;

@@ -1,6 +1,6 @@
 // Many requests of random lengths, random aborts and a tiny KV cache that forces preemption:
 // after every step the invariants hold, and in the end every request produced exactly what it
-// produces alone.
+// produces alone, with synchronous and with async scheduling (which therefore agree).
 #include <gtest/gtest.h>
 
 #include <random>
@@ -19,6 +19,7 @@ struct RandomCase {
   uint32_t seed;
   bool chunked;
   bool prefix_caching;
+  bool async = false;
 };
 
 class EngineRandom : public ::testing::TestWithParam<RandomCase> {};
@@ -29,6 +30,7 @@ TEST_P(EngineRandom, engine_random_load_keeps_invariants_and_matches_solo_runs) 
   EngineOptions opts;
   opts.enable_chunked_prefill = pc.chunked;
   opts.enable_prefix_caching = pc.prefix_caching;
+  opts.async_scheduling = pc.async;
   opts.backend.max_num_seqs = 6;
   opts.backend.max_num_batched_tokens = pc.chunked ? 12 : 80;
   opts.backend.max_model_len = 128;
@@ -119,10 +121,14 @@ TEST_P(EngineRandom, engine_random_load_keeps_invariants_and_matches_solo_runs) 
 INSTANTIATE_TEST_SUITE_P(Seeds, EngineRandom,
                          ::testing::Values(RandomCase{1, true, true}, RandomCase{2, true, false},
                                            RandomCase{3, false, true}, RandomCase{4, false, false},
-                                           RandomCase{5, true, true}, RandomCase{6, true, true}),
+                                           RandomCase{5, true, true}, RandomCase{6, true, true},
+                                           RandomCase{1, true, true, true}, RandomCase{2, true, false, true},
+                                           RandomCase{3, false, true, true}, RandomCase{4, false, false, true},
+                                           RandomCase{5, true, true, true}, RandomCase{6, true, true, true},
+                                           RandomCase{7, true, true, true}, RandomCase{8, false, true, true}),
                          [](const ::testing::TestParamInfo<RandomCase>& info) {
                            return "seed" + std::to_string(info.param.seed) + (info.param.chunked ? "_chunked" : "") +
-                                  (info.param.prefix_caching ? "_prefix_cache" : "");
+                                  (info.param.prefix_caching ? "_prefix_cache" : "") + (info.param.async ? "_async" : "");
                          });
 
 }  // namespace

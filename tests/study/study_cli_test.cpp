@@ -84,6 +84,19 @@ TEST(StudyCli, dry_run_prints_the_plan_and_measures_nothing) {
   fs::remove_all(dir);
 }
 
+TEST(StudyCli, a_configuration_that_cannot_start_fails_the_study_with_exit_1_and_no_rows) {
+  fs::path dir = fs::temp_directory_path() / fmt::format("mpserve-study-fail-{}", getpid());
+  fs::remove_all(dir);
+  auto r = run_mpserve("study --quick --device cpu --out " + dir.string() + " --models-dir /proc/no-such-dir");
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("cannot create models dir /proc/no-such-dir"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("failures=2"), std::string::npos) << r.out;  // both configurations tried
+  auto rows = load_results(dir / "results.csv");
+  ASSERT_TRUE(rows) << rows.error();
+  EXPECT_TRUE(rows->empty());
+  fs::remove_all(dir);
+}
+
 TEST(StudyCli, bad_flags_exit_2_with_a_message) {
   struct Case {
     std::string flags, message;

@@ -110,6 +110,9 @@ class CudaBackend final : public Backend {
   int32_t num_kv_blocks() const override { return num_blocks_; }
   int32_t block_size() const override { return opts_.block_size; }
   void step(const Batch& batch, bool want_logits, StepOutput* out) override;
+  void launch(const Batch& batch, bool want_logits) override;
+  void collect(StepOutput* out) override;
+  bool launch_is_async() const override { return true; }
   StepTimings last_step_timings() const override { return last_timings_; }
   [[noreturn]] void debug_inject_fault() override {
     std::fprintf(stderr, "mpserve: injecting a device fault (--debug-fault-after-requests)\n");
@@ -199,6 +202,18 @@ class CudaBackend final : public Backend {
 
   std::map<int, cudaGraphExec_t> graphs_;  // by 2 * decode bucket + greedy
 
+  // The step launched and not yet collected (at most one). Its inputs sit in the staging buffer
+  // and its sampled tokens arrive in out_tokens_host_; `done_` follows the step's last copy.
+  // note: one staging buffer is enough: launch() refuses to run while a step is in flight, and
+  // collect() waits for `done_`, which the stream reaches only after the step's H2D copy.
+  struct InFlight {
+    bool active = false;
+    int sampled = 0;  // real (unpadded) sampled rows
+    bool want_logits = false;
+  };
+  InFlight in_flight_;
+  cudaEvent_t done_ = nullptr;
+
   StepTimings last_timings_;
   // note: mutable because the engine hands out a const Backend; profiling changes only how a
   // step is launched (eagerly, with events), never what it computes.
@@ -222,6 +237,7 @@ CudaBackend::~CudaBackend() {
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
   gemm_.reset();
+  if (done_) cudaEventDestroy(done_);
   if (staging_host_) cudaFreeHost(staging_host_);
   if (out_tokens_host_) cudaFreeHost(out_tokens_host_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -382,6 +398,7 @@ Status CudaBackend::init() {
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
   num_sms_ = prop.multiProcessorCount;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
 
   max_blocks_ = CEIL_DIV(opts_.max_model_len, opts_.block_size);
   tokens_per_item_ = attention_tokens_per_item(static_cast<int>(c_.num_heads), static_cast<int>(c_.num_kv_heads));
@@ -584,19 +601,29 @@ void CudaBackend::forward(const StepShape& s) {
 }
 
 void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
+  launch(batch, want_logits);
+  collect(out);
+}
+
+// note: the host time of a step is split across launch() (packing, copies, kernel or graph
+// launches) and the end of collect() (reading the tokens back); wait_us is only the time
+// collect() blocked on the device, so with async scheduling it shrinks by whatever host work
+// the engine overlapped with the step.
+void CudaBackend::launch(const Batch& batch, bool want_logits) {
   using Clock = std::chrono::steady_clock;
   const auto t_begin = Clock::now();
-  MPS_CHECK(out != nullptr);
+  MPS_CHECK_MSG(!in_flight_.active, "cuda backend: launch() while a step is still to be collected");
   CUDA_CHECK(cudaSetDevice(device_));
-  out->tokens.clear();
-  out->logits.clear();
+  last_timings_ = StepTimings{};
+  in_flight_ = InFlight{};
+  in_flight_.active = true;
   const int64_t num_tokens = batch.num_tokens();
   const int num_seqs = static_cast<int>(batch.entries.size());
   MPS_CHECK_MSG(num_tokens <= opts_.max_num_batched_tokens, "batch of {} tokens exceeds max_num_batched_tokens {}",
                 num_tokens, opts_.max_num_batched_tokens);
   MPS_CHECK_MSG(num_seqs <= opts_.max_num_seqs, "batch of {} sequences exceeds max_num_seqs {}", num_seqs,
                 opts_.max_num_seqs);
-  if (num_tokens == 0) return;
+  if (num_tokens == 0) return;  // nothing to run; collect() returns no tokens
   bool decode_only = true;
   for (const BatchEntry& e : batch.entries) decode_only = decode_only && e.tokens.size() == 1 && e.sample;
   // note: decode-only steps are padded to their bucket in eager mode too, so graphs on and off
@@ -670,7 +697,6 @@ void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
     shape.partition = partition_for(padded);
     shape.max_partitions = CEIL_DIV(max_blocks_ * bs, shape.partition);
   }
-  last_timings_ = StepTimings{};
   last_timings_.valid = true;
   last_timings_.decode_only = decode_only;
   last_timings_.num_tokens = static_cast<int32_t>(num_tokens);
@@ -701,21 +727,38 @@ void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
   if (real_sampled > 0) {
     CUDA_CHECK(cudaMemcpyAsync(out_tokens_host_, out_tokens_, size_t(real_sampled) * sizeof(int32_t),
                                cudaMemcpyDeviceToHost, stream_));
-    if (want_logits) {
-      out->logits.resize(size_t(real_sampled) * size_t(c_.vocab_size));
-      CUDA_CHECK(cudaMemcpyAsync(out->logits.data(), logits_, out->logits.size() * sizeof(float),
-                                 cudaMemcpyDeviceToHost, stream_));
-    }
   }
-  const auto t_enqueued = Clock::now();
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  CUDA_CHECK(cudaEventRecord(done_, stream_));
+  in_flight_.sampled = real_sampled;
+  in_flight_.want_logits = want_logits;
+  last_timings_.host_us = std::chrono::duration<double, std::micro>(Clock::now() - t_begin).count();
+}
+
+void CudaBackend::collect(StepOutput* out) {
+  using Clock = std::chrono::steady_clock;
+  const auto t_begin = Clock::now();
+  MPS_CHECK(out != nullptr);
+  MPS_CHECK_MSG(in_flight_.active, "cuda backend: collect() without a launched step");
+  CUDA_CHECK(cudaSetDevice(device_));
+  const InFlight f = in_flight_;
+  in_flight_ = InFlight{};
+  out->tokens.clear();
+  out->logits.clear();
+  if (!last_timings_.valid) return;  // an empty batch launched nothing
+  CUDA_CHECK(cudaEventSynchronize(done_));
+  // note: logits are for tests and golden checks only; a blocking copy after the step keeps a
+  // [max_num_seqs, vocab] f32 pinned buffer out of the serving path. logits_ is not written
+  // again before the next launch().
+  if (f.want_logits && f.sampled > 0) {
+    out->logits.resize(size_t(f.sampled) * size_t(c_.vocab_size));
+    CUDA_CHECK(cudaMemcpy(out->logits.data(), logits_, out->logits.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  }
   const auto t_synced = Clock::now();
   if (profiling_) profiler_.end();
-  out->tokens.assign(out_tokens_host_, out_tokens_host_ + real_sampled);
-  const auto t_end = Clock::now();
+  out->tokens.assign(out_tokens_host_, out_tokens_host_ + f.sampled);
   auto us = [](auto d) { return std::chrono::duration<double, std::micro>(d).count(); };
-  last_timings_.host_us = us(t_enqueued - t_begin) + us(t_end - t_synced);
-  last_timings_.wait_us = us(t_synced - t_enqueued);
+  last_timings_.host_us += us(Clock::now() - t_synced);
+  last_timings_.wait_us = us(t_synced - t_begin);
 }
 
 Result<DeviceCeilings> CudaBackend::measure_ceilings() const {

@@ -22,6 +22,7 @@ struct RunStats {
   double decode_step_s_sum = 0;
   double host_us_sum = 0;     // decode steps only
   int64_t host_steps = 0;
+  double decode_ctx_sum = 0;  // mean keys per sequence read by each counted decode step, summed
 };
 
 double median(std::vector<double> v) {
@@ -55,6 +56,7 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
   const backend::Backend& be = eng.backend();
   RunStats st;
   int firsts = 0;
+  int64_t generated_total = 0;  // tokens generated so far, all requests
   const auto t0 = Clock::now();
   auto t_prefilled = t0;
   while (eng.has_unfinished()) {
@@ -70,6 +72,8 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
     const bool full_decode = tm.valid ? (tm.decode_only && tm.num_seqs == batch) : decode_phase;
     if (full_decode) {
       ++st.decode_steps;
+      // A decode step of request r reads its prompt plus the tokens generated before the step.
+      st.decode_ctx_sum += len + double(generated_total) / batch;
       st.decode_step_s_sum += seconds(s1 - s0);
       if (tm.valid) {
         st.host_us_sum += seconds(s1 - s0) * 1e6 - tm.wait_us;
@@ -77,6 +81,7 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
       }
     }
     for (const engine::RequestOutput& o : outs) {
+      generated_total += static_cast<int64_t>(o.new_tokens.size());
       auto it = got_first.find(o.request_id);
       if (it != got_first.end() && !it->second && !o.new_tokens.empty()) {
         it->second = true;
@@ -145,13 +150,14 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
         MPS_ASSIGN_OR_RETURN(RunStats ignored, run_once(eng, vocab, batch, std::min(len, 16), o.output_len, ++run_seed));
         (void)ignored;
       }
-      std::vector<double> pf, dt, ds, host;
+      std::vector<double> pf, dt, ds, host, ctxs;
       for (int rep = 0; rep < o.repeats; ++rep) {
         MPS_ASSIGN_OR_RETURN(RunStats st, run_once(eng, vocab, batch, len, o.output_len, ++run_seed));
         pf.push_back(double(batch) * len / st.prefill_s);
         if (st.decode_steps > 0) {
           dt.push_back(double(batch) * double(st.decode_steps) / st.decode_step_s_sum);
           ds.push_back(st.decode_step_s_sum / double(st.decode_steps) * 1e3);
+          ctxs.push_back(st.decode_ctx_sum / double(st.decode_steps));
         }
         if (st.host_steps) host.push_back(st.host_us_sum / double(st.host_steps));
         std::fprintf(out, "  run batch=%d input_len=%d rep=%d prefill_s=%.4f decode_s=%.4f decode_steps=%lld\n",
@@ -163,8 +169,9 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
       r.decode_tok_s = median(dt), r.decode_tok_s_spread = spread(dt);
       r.decode_step_ms = median(ds), r.decode_step_ms_spread = spread(ds);
       if (!host.empty()) r.host_us_per_step = median(host);
-      // Mean context over the decode steps: L + 1 ... L + O - 1 tokens in the cache.
-      const double ctx = len + o.output_len / 2.0;
+      // Mean keys per sequence over the counted decode steps (with chunked prefill those are the
+      // last ones, not L + O/2); without any, the mean over L + 1 ... L + O - 1.
+      const double ctx = ctxs.empty() ? len + o.output_len / 2.0 : median(ctxs);
       r.decode_bytes_per_step = decode_weight_bytes(c) + decode_kv_bytes(c, batch, ctx);
       r.prefill_flops = prefill_flops(c, batch, len);
       if (ds.empty()) {

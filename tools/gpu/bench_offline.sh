@@ -5,7 +5,8 @@
 # rows), a kernel-profile pass, and prints a short table last. Full logs go to $OUT.
 # Usage: tools/gpu/bench_offline.sh [PACK_DIR]   (default gpu-pack, from tools/gpu/pack.sh)
 # Environment: MODELS (default "0.5b 1.5b 3b 7b"), BATCHES, INPUT_LENS, OUTPUT_LEN, REPEATS,
-# PROFILE_MODELS (default "0.5b 7b"), MODEL_ROOT (default /tmp/mpserve-models).
+# PROFILE_MODELS (default "0.5b 7b"), PROFILE_BATCHES (default 1,256), PROFILE_INPUT_LENS (default
+# 512), MODEL_ROOT (default /tmp/mpserve-models), KEEP_7B (default 0: the 7B model is deleted).
 set -uo pipefail
 PACK=${1:-gpu-pack}
 OUT=${OUT:-/tmp/bench-offline}
@@ -15,6 +16,8 @@ INPUT_LENS=${INPUT_LENS:-128,512,2048}
 OUTPUT_LEN=${OUTPUT_LEN:-32}
 REPEATS=${REPEATS:-2}
 PROFILE_MODELS=${PROFILE_MODELS:-"0.5b 7b"}
+PROFILE_BATCHES=${PROFILE_BATCHES:-1,256}
+PROFILE_INPUT_LENS=${PROFILE_INPUT_LENS:-512}
 MODEL_ROOT=${MODEL_ROOT:-/tmp/mpserve-models}
 BIN="$PACK/mpserve"
 mkdir -p "$OUT" "$MODEL_ROOT"
@@ -46,11 +49,12 @@ for m in $MODELS; do
   done
   if [[ " $PROFILE_MODELS " == *" $m "* ]]; then
     "$BIN" bench offline --model "$dir" --device cuda --max-num-seqs 256 --max-num-batched-tokens 2048 \
-      --max-model-len 2112 --batch 1,256 --input-len 512 --output-len 16 --repeats 1 --warmup 1 --profile \
+      --max-model-len 2112 --batch "$PROFILE_BATCHES" --input-len "$PROFILE_INPUT_LENS" --output-len 16 --repeats 1 \
+      --warmup 1 --profile \
       >"$OUT/profile_$m.log" 2>&1 || echo "profile $m failed (see $OUT/profile_$m.log)"
   fi
 done
-[[ " $MODELS " == *" 7b "* ]] && rm -rf "$MODEL_ROOT/qwen2.5-7b"  # 15 GB of /tmp
+[[ " $MODELS " == *" 7b "* && ${KEEP_7B:-0} == 0 ]] && rm -rf "$MODEL_ROOT/qwen2.5-7b"  # 15 GB of /tmp
 
 # Short table: one row per configuration from the summary lines.
 echo

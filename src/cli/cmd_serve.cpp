@@ -12,8 +12,13 @@
 #include "cli/commands.h"
 #include "common/env.h"
 #include "common/log.h"
+#include "model/config.h"
+#include "model/model_writer.h"
 #include "router/engine_pool.h"
 #include "router/router.h"
+#include "study/advise.h"
+#include "study/advisor.h"
+#include "study/machine.h"
 #include "supervisor/guardian.h"
 #include "supervisor/process.h"
 #include "supervisor/supervisor.h"
@@ -23,7 +28,10 @@ namespace {
 
 struct ServeFlags {
   std::string model;
-  int engines = 2;
+  std::string engines = "2";  // a count, or "auto" (the advisor decides)
+  int auto_context = 1024;
+  std::string auto_workload = "decode";
+  std::vector<std::string> auto_results;
   std::string gpus = "0";
   std::string mps = "auto";
   std::string mps_control_bin;
@@ -61,11 +69,39 @@ Result<std::vector<int>> parse_int_list(const std::string& text, const char* fla
   return out;
 }
 
-bool gpu_present() { return std::filesystem::exists("/dev/nvidiactl") && std::filesystem::exists("/dev/nvidia0"); }
-
 int fail(const std::string& message, int code = 1) {
   std::fprintf(stderr, "mpserve serve: %s\n", message.c_str());
   return code;
+}
+
+// --engines auto: what `mpserve advise` says for this model, GPU, context and workload; one engine
+// (with a warning that says how to get an answer) when the study has nothing for this GPU.
+Result<int> engines_from_advisor(const ServeFlags& f, const std::string& device) {
+  std::filesystem::path model_dir = f.model;
+  if (model_dir.empty()) {
+    auto d = model::ensure_default_model();
+    if (!d) return Status::error(d.error());
+    model_dir = *d;
+  }
+  auto cfg = model::load_model_config(model_dir);
+  if (!cfg) return Status::error(cfg.error());
+  study::AdviceQuery q;
+  q.gpu = study::detect_machine(device, "").gpu;
+  q.params_b = static_cast<double>(cfg->num_parameters()) / 1e9;
+  q.context = f.auto_context;
+  q.workload = f.auto_workload;
+  std::vector<std::filesystem::path> files(f.auto_results.begin(), f.auto_results.end());
+  if (files.empty()) files = study::default_results_files();
+  auto rows = study::load_results_files(files);
+  if (!rows) return Status::error(rows.error());
+  auto advice = study::advise_from_study(study::gain_points(*rows), q);
+  if (!advice) {
+    log::warn("--engines auto: {}; starting 1 engine", advice.error());
+    return 1;
+  }
+  log::info("--engines auto: {}", advice->verdict);
+  for (const std::string& c : advice->caveats) log::info("--engines auto: caveat: {}", c);
+  return advice->engines;
 }
 
 int run_serve(const ServeFlags& f) {
@@ -82,7 +118,20 @@ int run_serve(const ServeFlags& f) {
 
   supervisor::SupervisorOptions so;
   so.gpus = *gpus;
-  so.engines_per_gpu = f.engines;
+  const std::string device = f.device == "auto" ? (study::gpu_present() ? "cuda" : "cpu") : f.device;
+  int engines = 0;
+  if (f.engines == "auto") {
+    auto n = engines_from_advisor(f, device);
+    if (!n) return fail("--engines auto: " + n.error(), 2);
+    engines = *n;
+  } else {
+    auto n = parse_int_list(f.engines, "--engines");
+    if (!n || n->size() != 1 || n->front() < 1 || n->front() > 48) {
+      return fail("--engines: '" + f.engines + "' is neither a count from 1 to 48 nor 'auto'", 2);
+    }
+    engines = n->front();
+  }
+  so.engines_per_gpu = engines;
   so.mps_control_bin = !f.mps_control_bin.empty()
                            ? f.mps_control_bin
                            : env::get_string(env::kMpsControlBin, "nvidia-cuda-mps-control");
@@ -91,11 +140,11 @@ int run_serve(const ServeFlags& f) {
     if (!control) return fail("--mps on: '" + so.mps_control_bin + "' not found (set --mps-control-bin)");
     so.mps = true;
   } else if (f.mps == "auto") {
-    so.mps = gpu_present() && control.has_value();
+    so.mps = study::gpu_present() && control.has_value();
   }
   if (control) so.mps_control_bin = *control;
   so.mps_remove_stale = f.mps_remove_stale;
-  so.device = f.device == "auto" ? (gpu_present() ? "cuda" : "cpu") : f.device;
+  so.device = device;
   so.model = f.model;
   so.engine_cmd = f.engine_cmd;
   so.engine_args = f.engine_args;
@@ -126,7 +175,7 @@ int run_serve(const ServeFlags& f) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  log::info("serve: {} engine(s) on GPU(s) {}, device {}, MPS {}, runtime dir {}", f.engines * so.gpus.size(), f.gpus,
+  log::info("serve: {} engine(s) on GPU(s) {}, device {}, MPS {}, runtime dir {}", engines * so.gpus.size(), f.gpus,
             so.device, so.mps ? "on" : "off", std::filesystem::absolute(so.runtime_dir).string());
   st = sup.start();
   if (!st) {
@@ -169,7 +218,18 @@ void add_serve_command(CLI::App& app) {
   auto f = std::make_shared<ServeFlags>();
   CLI::App* cmd = app.add_subcommand("serve", "MPS daemon + N engines per GPU + router in front");
   cmd->add_option("--model", f->model, "model directory for the engines (default: the embedded tiny model)");
-  cmd->add_option("--engines", f->engines, "engines per GPU")->check(CLI::Range(1, 48))->capture_default_str();
+  cmd->add_option("--engines", f->engines,
+                  "engines per GPU, or auto: as many as `mpserve advise` recommends for --auto-context and "
+                  "--auto-workload (1 when the study has no results for this GPU)")
+      ->capture_default_str();
+  cmd->add_option("--auto-context", f->auto_context, "--engines auto: the prompt length to plan for")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--auto-workload", f->auto_workload, "--engines auto: decode | prefill")
+      ->check(CLI::IsMember({"decode", "prefill"}))
+      ->capture_default_str();
+  cmd->add_option("--auto-results", f->auto_results, "--engines auto: study results.csv files (default as advise)")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--gpus", f->gpus, "GPU indices, comma-separated")->capture_default_str();
   cmd->add_option("--mps", f->mps, "on | off | auto (on when a GPU and nvidia-cuda-mps-control are present)")
       ->check(CLI::IsMember({"on", "off", "auto"}))

@@ -75,6 +75,7 @@ void add_study_command(CLI::App& app) {
       "study", "the co-location study: sweep shape x context x workload x engines x MPS x ablation; CSV, report, plots");
   cmd->add_option("--out", f->out_dir, "output directory (results.csv, report.md, plots/, logs/); resumed when it exists");
   cmd->add_option("--shapes", f->shapes, "model shapes, comma-separated (tiny, qwen2.5-0.5b or 0.5b, 1.5b, 3b, 7b, llama3.2-1b)");
+  cmd->add_option("--model", f->model_dir, "study this model directory instead of --shapes (e.g. a real checkpoint)");
   cmd->add_option("--contexts", f->contexts, "prompt lengths in tokens, comma-separated");
   cmd->add_option("--workloads", f->workloads, "decode, prefill (comma-separated)");
   cmd->add_option("--engines", f->engines, "engine counts, comma-separated (1, the baseline, is always included)");

@@ -13,6 +13,7 @@ void add_router_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_engine_command(CLI::App& app);
 void add_study_command(CLI::App& app);
+void add_advise_command(CLI::App& app);
 
 // Set by a subcommand's callback; main returns it.
 int& exit_code();

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   mpserve::cli::add_bench_command(app);
   mpserve::cli::add_engine_command(app);
   mpserve::cli::add_study_command(app);
+  mpserve::cli::add_advise_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -22,6 +22,8 @@ inline constexpr const char* kMpsLogDir = "CUDA_MPS_LOG_DIRECTORY";
 inline constexpr const char* kMpsActiveThreadPct = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
 inline constexpr const char* kMpsPinnedMemLimit = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT";
 inline constexpr const char* kCudaVisibleDevices = "CUDA_VISIBLE_DEVICES";
+// `mpserve advise` / `serve --engines auto`: a study results.csv to use before the shipped one.
+inline constexpr const char* kStudyResults = "MPSERVE_STUDY_RESULTS";
 // Path of nvidia-cuda-mps-control for `mpserve serve` (tests point it at a stand-in); else found on PATH.
 inline constexpr const char* kMpsControlBin = "MPSERVE_MPS_CONTROL_BIN";
 // Set by `mpserve serve` on every process it starts; its cleanup finds leftovers by this mark.

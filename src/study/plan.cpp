@@ -66,8 +66,13 @@ int round_up(int v, int m) { return (v + m - 1) / m * m; }
 
 }  // namespace
 
-double shape_params_b(const std::string& shape) {
-  auto cfg = model::shape_config(shape);
+Result<model::ModelConfig> study_shape_config(const StudyOptions& o, const std::string& shape) {
+  if (!o.model_dir.empty() && shape == o.model_label) return model::load_model_config(o.model_dir);
+  return model::shape_config(shape);
+}
+
+double shape_params_b(const StudyOptions& o, const std::string& shape) {
+  auto cfg = study_shape_config(o, shape);
   return cfg ? static_cast<double>(cfg->num_parameters()) / 1e9 : 0;
 }
 
@@ -100,10 +105,26 @@ Result<StudyOptions> resolve_options(const StudyFlags& f, bool device_auto_is_cu
   o.decode_output_len = cpu ? 16 : (f.quick ? 128 : 256);
   o.max_num_batched_tokens = cpu ? 2048 : 8192;
 
-  std::vector<std::string> raw_shapes;
-  for (const std::string& s : split(f.shapes.empty() ? shapes : f.shapes)) raw_shapes.push_back(full_shape_name(s));
-  MPS_ASSIGN_OR_RETURN(o.shapes, parse_members(fmt::format("{}", fmt::join(raw_shapes, ",")), "--shapes",
-                                               model::known_shapes()));
+  if (!f.model_dir.empty()) {
+    // A real (or any) model directory instead of the make-model shapes: it is named in
+    // results.csv by its directory name.
+    if (!f.shapes.empty()) return Status::error("--model and --shapes: give one of them");
+    o.model_dir = std::filesystem::absolute(f.model_dir);
+    auto cfg = model::load_model_config(o.model_dir);
+    if (!cfg) return Status::errorf("--model: {}", cfg.error());
+    std::string name = o.model_dir.filename().string();
+    if (name.empty()) name = o.model_dir.parent_path().filename().string();
+    for (char& c : name) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') c = '_';
+    }
+    o.model_label = "model-" + name;
+    o.shapes = {o.model_label};
+  } else {
+    std::vector<std::string> raw_shapes;
+    for (const std::string& s : split(f.shapes.empty() ? shapes : f.shapes)) raw_shapes.push_back(full_shape_name(s));
+    MPS_ASSIGN_OR_RETURN(o.shapes, parse_members(fmt::format("{}", fmt::join(raw_shapes, ",")), "--shapes",
+                                                 model::known_shapes()));
+  }
   MPS_ASSIGN_OR_RETURN(o.contexts, parse_ints(f.contexts.empty() ? contexts : f.contexts, "--contexts", 1));
   MPS_ASSIGN_OR_RETURN(o.workloads, parse_members(f.workloads.empty() ? "decode,prefill" : f.workloads,
                                                   "--workloads", {"decode", "prefill"}));
@@ -158,7 +179,7 @@ Result<StudyOptions> resolve_options(const StudyFlags& f, bool device_auto_is_cu
   std::vector<std::string> all_shapes = o.shapes;
   if (o.cpu_overhead) all_shapes.push_back(o.cpu_overhead_shape);
   for (const std::string& s : all_shapes) {
-    auto cfg = model::shape_config(s);
+    auto cfg = study_shape_config(o, s);
     if (!cfg) return cfg.status();
     int64_t need = std::max(longest, o.cpu_overhead_context) + o.decode_output_len;
     if (cfg->max_position_embeddings > 0 && need > cfg->max_position_embeddings) {
@@ -196,7 +217,7 @@ int cell_concurrency(const StudyOptions& o, const MachineInfo& m, const std::str
                      const std::string& workload) {
   int want = workload == "prefill" ? o.prefill_concurrency : o.decode_concurrency;
   if (o.device != "cuda" || m.gpu_memory_mib <= 0) return want;
-  auto cfg = model::shape_config(shape);
+  auto cfg = study_shape_config(o, shape);
   if (!cfg) return want;
   // note: mirrors the engine's budget (bf16 weights and KV; --gpu-memory-fraction 0.9/N of the
   // card) with 2 GiB per engine kept for activations and workspace; rounded down so it errs on
@@ -266,7 +287,7 @@ Result<Plan> make_plan(const StudyOptions& o, const MachineInfo& m, const std::s
           r.commit = m.commit;
           r.device = o.device;
           r.shape = v.shape;
-          r.params_b = shape_params_b(v.shape);
+          r.params_b = shape_params_b(o, v.shape);
           r.context = context;
           r.workload = workload;
           r.engines = v.engines;
@@ -299,11 +320,11 @@ Result<Plan> make_plan(const StudyOptions& o, const MachineInfo& m, const std::s
       // note: rough costs from the CPU and H200 runs so far: a server start loads the weights
       // (~3 s per billion parameters on a GPU box) after a fixed few seconds; each window adds
       // ~2 s of drain and bookkeeping.
-      plan.estimated_s += 8 + 3 * shape_params_b(v.shape) + todo * (o.warmup_s + o.window_s + 2);
+      plan.estimated_s += 8 + 3 * shape_params_b(o, v.shape) + todo * (o.warmup_s + o.window_s + 2);
     }
     plan.groups.push_back(std::move(g));
   }
-  for (const std::string& s : shapes_to_make) plan.estimated_s += 2 + 9 * shape_params_b(s);
+  for (const std::string& s : shapes_to_make) plan.estimated_s += 2 + 9 * shape_params_b(o, s);
   return plan;
 }
 

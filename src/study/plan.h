@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "model/config.h"
 #include "study/machine.h"
 #include "study/results.h"
 
@@ -34,6 +35,7 @@ struct StudyFlags {
   double ready_timeout_s = 600;
   std::string commit;
   std::string command_line;  // the command as typed, for the report
+  std::string model_dir;     // --model: a model directory studied instead of --shapes
 };
 
 struct StudyOptions {
@@ -59,7 +61,14 @@ struct StudyOptions {
   double ready_timeout_s = 600;
   std::string commit;
   std::string command_line;
+  // A model directory measured instead of make-model shapes (`mpserve advise --probe --model DIR`):
+  // `shapes` then holds only `model_label`, which names it in results.csv.
+  std::filesystem::path model_dir;
+  std::string model_label;
 };
+
+// The config of a shape of the study: make-model's, or the custom model's (o.model_dir).
+Result<model::ModelConfig> study_shape_config(const StudyOptions& o, const std::string& shape);
 
 // Applies device and --quick defaults and validates; an error here is a usage error (exit 2).
 // `device_auto_is_cuda` decides --device auto.
@@ -114,7 +123,7 @@ Result<Plan> make_plan(const StudyOptions& o, const MachineInfo& m, const std::s
 // Human-readable plan (for --dry-run and the start of a run).
 std::string describe_plan(const Plan& plan, const StudyOptions& o, const MachineInfo& m);
 
-// Parameter count of a shape, in billions.
-double shape_params_b(const std::string& shape);
+// Parameter count of a shape, in billions (0 for an unknown shape).
+double shape_params_b(const StudyOptions& o, const std::string& shape);
 
 }  // namespace mpserve::study

@@ -135,7 +135,7 @@ int run_study(const StudyOptions& o, FILE* out) {
   std::set<std::string> measured, cached;
   for (const ResultRow& r : *existing) measured.insert(measurement_key(r));
   for (const std::string& s : o.shapes) {
-    if (study_model_cached(o.models_dir, s)) cached.insert(s);
+    if (s == o.model_label || study_model_cached(o.models_dir, s)) cached.insert(s);
   }
   if (o.cpu_overhead && study_model_cached(o.models_dir, o.cpu_overhead_shape)) cached.insert(o.cpu_overhead_shape);
   auto plan = make_plan(o, machine, measured, cached);
@@ -167,7 +167,9 @@ int run_study(const StudyOptions& o, FILE* out) {
   for (const ServerGroup& g : plan->groups) {
     if (g.todo() == 0 || signals.interrupted()) continue;
     const std::string label = g.server.label();
-    auto model_dir = ensure_study_model(o.models_dir, g.server.shape);
+    auto model_dir = !o.model_dir.empty() && g.server.shape == o.model_label
+                         ? Result<fs::path>(o.model_dir)
+                         : ensure_study_model(o.models_dir, g.server.shape);
     if (!model_dir) {
       std::fprintf(stderr, "mpserve study: %s: %s\n", label.c_str(), model_dir.error().c_str());
       ++failures;

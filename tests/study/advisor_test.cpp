@@ -13,7 +13,7 @@ GainPoint pt(double params_b, int context, double median, double lo, double hi, 
              const std::string& workload = "decode", const std::string& gpu = "NVIDIA H200") {
   GainPoint p;
   p.gpu = gpu;
-  p.shape = "s";
+  p.shape = "qwen2.5-test-shape";
   p.params_b = params_b;
   p.context = context;
   p.workload = workload;

@@ -1,0 +1,95 @@
+#include "study/advise.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "common/env.h"
+#include "study/plan.h"
+#include "study/runner.h"
+
+namespace mpserve::study {
+namespace fs = std::filesystem;
+
+std::vector<fs::path> default_results_files() {
+  std::vector<fs::path> files;
+  if (auto p = env::get(env::kStudyResults); p && !p->empty() && fs::exists(*p)) files.emplace_back(*p);
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path shipped = exe.parent_path() / "share" / "mpserve" / "study" / "results.csv";
+    if (fs::exists(shipped)) files.push_back(shipped);
+  }
+  return files;
+}
+
+Result<std::vector<ResultRow>> load_results_files(const std::vector<fs::path>& files) {
+  std::vector<ResultRow> rows;
+  for (const fs::path& f : files) {
+    if (!fs::exists(f)) return Status::errorf("{}: no such file", f.string());
+    auto r = load_results(f);
+    if (!r) return Status::error(r.error());
+    rows.insert(rows.end(), r->begin(), r->end());
+  }
+  return rows;
+}
+
+std::vector<GainPoint> gain_points(const std::vector<ResultRow>& rows) {
+  const std::vector<CellSummary> cells = summarize(rows);
+  std::vector<GainPoint> points;
+  for (const CellSummary& c : cells) {
+    const ResultRow& r = c.first;
+    if (r.engines < 2 || r.ablation != "full" || r.async != 0 || r.step_cpu_us != 0) continue;
+    if (r.mps != (r.device == "cpu" ? "off" : "on")) continue;
+    const CellSummary* base = find_baseline(cells, c);
+    if (!base) continue;
+    auto g = gain_of(c, *base);
+    if (!g) continue;
+    GainPoint p;
+    p.gpu = r.gpu;
+    p.shape = r.shape;
+    p.params_b = r.params_b;
+    p.context = r.context;
+    p.workload = r.workload;
+    p.engines = r.engines;
+    p.median = g->median;
+    p.lo = g->min;
+    p.hi = g->max;
+    points.push_back(p);
+  }
+  return points;
+}
+
+Result<std::vector<ResultRow>> run_probe(const ProbeOptions& p, FILE* log) {
+  // A study of one cell: the same machinery, defaults and results format as `mpserve study`.
+  StudyFlags f;
+  f.device = p.device;
+  f.model_dir = p.model_dir.string();
+  f.contexts = std::to_string(p.context);
+  f.workloads = p.workload;
+  f.engines = std::to_string(p.engines);
+  f.mps = p.device == "cuda" ? "on" : "off";
+  f.ablations = "full";
+  f.repeats = p.repeats;
+  f.warmup_s = p.warmup_s;
+  f.window_s = p.window_s;
+  f.out_dir = p.out_dir.string();
+  f.models_dir = (p.out_dir / "models").string();
+  f.command_line = fmt::format("mpserve advise --probe --model {} --context {} --workload {} --device {}",
+                               p.model_dir.string(), p.context, p.workload, p.device);
+  auto o = resolve_options(f, p.device == "cuda");
+  if (!o) return Status::errorf("probe: {}", o.error());
+  const int rc = run_study(*o, log);
+  if (rc != 0) {
+    return Status::errorf("the probe's measurement failed (exit {}); its logs are in {}", rc,
+                          (p.out_dir / "logs").string());
+  }
+  auto rows = load_results(p.out_dir / "results.csv");
+  if (!rows) return Status::error(rows.error());
+  return *rows;
+}
+
+}  // namespace mpserve::study

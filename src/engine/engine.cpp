@@ -386,9 +386,9 @@ std::vector<RequestOutput> Engine::Impl::step_async(Clock::time_point t0) {
 
     if (!next.empty()) launch(std::move(next));
     stats.async_gap_ms_total += ms_between(t_collected, Clock::now());
-  } else if (!next.empty()) {
+  } else {
     stats.async_overlap_last_ms = 0;
-    launch(std::move(next));
+    if (!next.empty()) launch(std::move(next));
   }
   return outputs;
 }

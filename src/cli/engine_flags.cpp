@@ -38,6 +38,8 @@ void add_engine_flags(CLI::App* cmd, EngineFlags* f) {
       ->capture_default_str();
   cmd->add_option("--step-cpu-us", f->step_cpu_us, "study knob: host busy time added to every engine step (µs)")
       ->check(CLI::Range(int64_t{0}, int64_t{10'000'000}));
+  cmd->add_flag("--async-scheduling", f->async_scheduling,
+               "schedule step t+1 on the host while the device runs step t (same outputs)");
   cmd->add_option("--max-waiting", f->max_waiting,
                   "most queued (not yet running) requests; more are refused as overloaded (HTTP 429)")
       ->check(CLI::Range(1, 1 << 24))
@@ -77,6 +79,7 @@ Result<LoadedEngine> load_engine(const EngineFlags& f) {
   eo.enable_chunked_prefill = !f.no_chunked_prefill;
   eo.enable_prefix_caching = !f.no_prefix_caching;
   eo.step_cpu_us = f.step_cpu_us;
+  eo.async_scheduling = f.async_scheduling;
   eo.debug_fault_after_requests = f.debug_fault_after_requests;
   eo.max_waiting = f.max_waiting;
   if (!eo.enable_chunked_prefill && eo.backend.max_num_batched_tokens < eo.backend.max_model_len) {

@@ -30,6 +30,7 @@ struct EngineFlags {
   bool no_prefix_caching = false;
   bool no_chunked_prefill = false;
   int64_t step_cpu_us = 0;
+  bool async_scheduling = false;
   int64_t debug_fault_after_requests = -1;
   int max_waiting = 4096;
 };

@@ -72,6 +72,29 @@ TEST(Cli, greedy_generate_is_identical_run_to_run_and_batched_vs_one_at_a_time) 
   EXPECT_GT(distinct.size(), 3u);
 }
 
+TEST(Cli, generate_with_async_scheduling_matches_sync_greedy_and_seeded_output) {
+  fs::path prompts = scratch("prompts_async.txt");
+  {
+    std::ofstream f(prompts);
+    f << "The quick brown fox\nOnce upon a time in a land far away there lived\nx\n";
+  }
+  for (std::string base : {"generate --json --max-tokens 16 --ignore-eos --max-num-batched-tokens 16 --prompts-file ",
+                           "generate --json --max-tokens 16 --ignore-eos --temperature 1.0 --seed 3 --prompts-file "}) {
+    base += prompts.string();
+    auto sync = run_mpserve(base);
+    auto async = run_mpserve(base + " --async-scheduling");
+    ASSERT_EQ(sync.exit_code, 0) << sync.err;
+    ASSERT_EQ(async.exit_code, 0) << async.err;
+    auto js = json_lines(sync.out), ja = json_lines(async.out);
+    ASSERT_EQ(js.size(), 3u);
+    ASSERT_EQ(ja.size(), 3u);
+    for (size_t i = 0; i < js.size(); ++i) {
+      EXPECT_EQ(ja[i]["token_ids"], js[i]["token_ids"]) << base << ", prompt " << i;
+      EXPECT_EQ(ja[i]["text"], js[i]["text"]) << base << ", prompt " << i;
+    }
+  }
+}
+
 TEST(Cli, seeded_sampling_is_reproducible_and_seed_dependent) {
   std::string base = "generate --json --max-tokens 16 --ignore-eos --temperature 1.0 --prompt 'Hello'";
   auto a = run_mpserve(base + " --seed 7");

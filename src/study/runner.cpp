@@ -226,6 +226,18 @@ int run_study(const StudyOptions& o, FILE* out) {
         ++failures;
         break;
       }
+      if (r->completed == 0 || r->failed > 0) {
+        // A window with failed requests measured the failure, not the configuration: it is not
+        // recorded (so a resumed study measures it again) and the study ends with exit 1.
+        std::string msg = fmt::format("context {} {} repeat {}: {} completed, {} failed{}{}", c.row.context,
+                                      c.row.workload, c.row.repeat, r->completed, r->failed,
+                                      r->first_errors.empty() ? "" : "; first error: ",
+                                      r->first_errors.empty() ? "" : r->first_errors.front().substr(0, 300));
+        std::fprintf(stderr, "mpserve study: %s %s (not recorded)\n", label.c_str(), msg.c_str());
+        append_line(o.out_dir / "logs" / "problems.txt", label + ": " + msg);
+        ++failures;
+        continue;
+      }
       ResultRow row = c.row;
       row.timestamp = utc_now();
       row.completed = r->completed;

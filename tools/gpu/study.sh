@@ -19,7 +19,10 @@ LIMIT=${STUDY_TIME_LIMIT:-540}
 BIN="$PACK/mpserve"
 [[ -x "$BIN" ]] || { echo "no $BIN: run tools/gpu/pack.sh BUILD_DIR here first" >&2; exit 2; }
 mkdir -p "$OUT" /tmp/mpserve-study
-[[ -f "$STUDY_DIR/results.csv" ]] && cp "$STUDY_DIR/results.csv" /tmp/mpserve-study/results.csv
+# Resume from the carried results unless an earlier run in this call already measured more.
+if [[ -f "$STUDY_DIR/results.csv" && ! -f /tmp/mpserve-study/results.csv ]]; then
+  cp "$STUDY_DIR/results.csv" /tmp/mpserve-study/results.csv
+fi
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   nvidia-smi | sed -n 3p

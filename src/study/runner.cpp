@@ -226,9 +226,11 @@ int run_study(const StudyOptions& o, FILE* out) {
         ++failures;
         break;
       }
-      if (r->completed == 0 || r->failed > 0) {
-        // A window with failed requests measured the failure, not the configuration: it is not
-        // recorded (so a resumed study measures it again) and the study ends with exit 1.
+      if (r->failed > 0 || (r->output_tokens == 0 && r->input_tokens == 0)) {
+        // A window with failed requests measured the failure, not the configuration, and one in
+        // which no token arrived measured nothing: neither is recorded (a resumed study measures
+        // it again) and the study ends with exit 1. (Long prompts on a large model may finish no
+        // request inside a short window; their in-window tokens still count.)
         std::string msg = fmt::format("context {} {} repeat {}: {} completed, {} failed{}{}", c.row.context,
                                       c.row.workload, c.row.repeat, r->completed, r->failed,
                                       r->first_errors.empty() ? "" : "; first error: ",

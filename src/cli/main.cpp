@@ -27,7 +27,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version print and succeed; every usage error (unknown flag, bad or
+    // out-of-range value, missing required option) exits 2 like the subcommands' own checks.
+    return app.exit(e) == 0 ? 0 : 2;
   }
   return mpserve::cli::exit_code();
 }

@@ -110,7 +110,7 @@ TEST(AdviseCli, probe_measures_one_and_two_cpu_engines) {
   ASSERT_TRUE(rows) << rows.error();
   ASSERT_EQ(rows->size(), 2u);  // 1 engine and 2 engines, one window each
   for (const ResultRow& row : *rows) {
-    EXPECT_GT(row.completed, 0);
+    EXPECT_GT(row.throughput, 0);
     EXPECT_EQ(row.failed, 0);
     EXPECT_EQ(row.context, 32);
   }

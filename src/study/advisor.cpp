@@ -172,6 +172,8 @@ Result<Advice> advise_from_study(const std::vector<GainPoint>& points, const Adv
   Advice a = decide(std::move(estimates), q.min_gain, "study");
   a.caveats = std::move(caveats);
   if (q.gpu.rfind("cpu", 0) == 0) {
+    // CPU engines share cores, not a GPU: no MPS in the verdict.
+    if (const size_t at = a.verdict.find(" under MPS"); at != std::string::npos) a.verdict.erase(at, 10);
     a.caveats.push_back("these results come from CPU engines: they say nothing about MPS on a GPU");
   }
   return a;

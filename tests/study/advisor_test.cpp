@@ -137,6 +137,7 @@ TEST(Advisor, CpuResultsCarryTheMpsCaveat) {
   ASSERT_TRUE(a) << a.error();
   ASSERT_FALSE(a->caveats.empty());
   EXPECT_NE(a->caveats.back().find("say nothing about MPS"), std::string::npos);
+  EXPECT_EQ(a->verdict.find("MPS"), std::string::npos) << a->verdict;
   auto j = nlohmann::json::parse(advice_json(*a, q));
   EXPECT_EQ(j["engines"], 2);
   EXPECT_EQ(j["query"]["context"], 64);

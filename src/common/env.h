@@ -16,6 +16,8 @@ inline constexpr const char* kHome = "HOME";
 inline constexpr const char* kTokenizerDir = "MPSERVE_TOKENIZER_DIR";
 // CUDA backend: decode steps of at most this many rows use the fused GEMV path (0 = cuBLASLt only).
 inline constexpr const char* kCudaGemvMaxRows = "MPSERVE_CUDA_GEMV_MAX_ROWS";
+// CUDA backend: 0 launches every kernel without programmatic dependent launch (A/B runs); default on.
+inline constexpr const char* kCudaPdl = "MPSERVE_CUDA_PDL";
 // MPS client environment (set by the supervisor for each engine, read by the CUDA driver).
 inline constexpr const char* kMpsPipeDir = "CUDA_MPS_PIPE_DIRECTORY";
 inline constexpr const char* kMpsLogDir = "CUDA_MPS_LOG_DIRECTORY";

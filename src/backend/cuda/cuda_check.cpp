@@ -1,7 +1,10 @@
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/pdl.cuh"
 
 #include <cstdio>
 #include <cstdlib>
+
+#include "common/env.h"
 
 namespace mpserve::backend::cuda {
 
@@ -9,6 +12,11 @@ void cuda_check_failed(const char* stmt, const char* file, int line, const char*
   std::fprintf(stderr, "mpserve: CUDA error: %s at %s:%d: %s\n", stmt, file, line, message);
   std::fflush(stderr);
   std::abort();
+}
+
+bool pdl_enabled() {
+  static const bool enabled = env::get_string(env::kCudaPdl, "1") != "0";
+  return enabled;
 }
 
 const char* cublas_status_name(int status) {

@@ -2,6 +2,7 @@
 
 #include "backend/cuda/activation.cuh"
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace mpserve::backend::cuda {
 namespace {
@@ -9,6 +10,8 @@ namespace {
 // One thread per bf16 pair; grid covers rows * inter / 2 pairs.
 __global__ void silu_mul_kernel(const __nv_bfloat162* gate_up, __nv_bfloat162* out, int64_t total_pairs,
                                 int half_inter) {
+  pdl_wait();  // gate_up comes from the GEMM before (every thread waits, also those past the end)
+  pdl_trigger();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total_pairs) return;
   const int64_t row = i / half_inter;
@@ -27,9 +30,9 @@ void silu_mul(const __nv_bfloat16* gate_up, __nv_bfloat16* out, int rows, int in
   if (rows == 0) return;
   const int64_t pairs = static_cast<int64_t>(rows) * (inter / 2);
   const int threads = 256;
-  silu_mul_kernel<<<static_cast<unsigned>(CEIL_DIV(pairs, threads)), threads, 0, stream>>>(
-      reinterpret_cast<const __nv_bfloat162*>(gate_up), reinterpret_cast<__nv_bfloat162*>(out), pairs, inter / 2);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(silu_mul_kernel, dim3(static_cast<unsigned>(CEIL_DIV(pairs, threads))), dim3(threads), 0, stream,
+                reinterpret_cast<const __nv_bfloat162*>(gate_up), reinterpret_cast<__nv_bfloat162*>(out), pairs,
+                inter / 2);
 }
 
 }  // namespace mpserve::backend::cuda

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/sampler.cuh"
 
 namespace mpserve::backend::cuda {
@@ -26,6 +27,8 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
 // Block (row, chunk): float4 loads over its slice of the row (vocab % 4 == 0).
 __global__ void __launch_bounds__(kThreads) argmax_partial_kernel(const float* logits, float* pv, int32_t* pi,
                                                                   int vocab) {
+  pdl_wait();  // the logits come from the LM head
+  pdl_trigger();
   const int row = blockIdx.x, chunk = blockIdx.y;
   const int n4 = vocab / 4;
   const int per = CEIL_DIV(n4, kArgmaxChunks);
@@ -55,6 +58,8 @@ __global__ void __launch_bounds__(kThreads) argmax_partial_kernel(const float* l
 }
 
 __global__ void argmax_final_kernel(const float* pv, const int32_t* pi, int32_t* out, int vocab) {
+  pdl_wait();  // the partials come from argmax_partial_kernel
+  pdl_trigger();
   const int row = blockIdx.x, lane = threadIdx.x;
   float best = -INFINITY;
   int best_i = INT_MAX;
@@ -71,10 +76,9 @@ void argmax_rows(const float* logits, float* partial_val, int32_t* partial_idx, 
                  int vocab, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(rows >= 0 && vocab > 0 && vocab % 4 == 0);
   if (rows == 0) return;
-  argmax_partial_kernel<<<dim3(rows, kArgmaxChunks), kThreads, 0, stream>>>(logits, partial_val, partial_idx, vocab);
-  CUDA_CHECK_LAUNCH();
-  argmax_final_kernel<<<rows, 32, 0, stream>>>(partial_val, partial_idx, out_tokens, vocab);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(argmax_partial_kernel, dim3(rows, kArgmaxChunks), dim3(kThreads), 0, stream, logits, partial_val,
+                partial_idx, vocab);
+  launch_kernel(argmax_final_kernel, dim3(rows), dim3(32), 0, stream, partial_val, partial_idx, out_tokens, vocab);
 }
 
 }  // namespace mpserve::backend::cuda

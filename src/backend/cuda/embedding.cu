@@ -1,11 +1,14 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/embedding.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace mpserve::backend::cuda {
 namespace {
 
 __global__ void embed_lookup_kernel(const __nv_bfloat162* table, const int32_t* ids, float2* out, int half_hidden,
                                     int vocab) {
+  pdl_wait();  // `out` (the residual) is read by the kernels of the step before
+  pdl_trigger();
   const int row = blockIdx.x;
   const int id = ids[row];
   float2* dst = out + static_cast<int64_t>(row) * half_hidden;
@@ -24,9 +27,8 @@ void embed_lookup(const __nv_bfloat16* table, const int32_t* ids, float* out, in
   CUDA_SHAPE_CHECK(n >= 0 && hidden > 0 && hidden % 2 == 0 && vocab > 0);
   if (n == 0) return;
   const int threads = 256;
-  embed_lookup_kernel<<<n, threads, 0, stream>>>(reinterpret_cast<const __nv_bfloat162*>(table), ids,
-                                                 reinterpret_cast<float2*>(out), hidden / 2, vocab);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(embed_lookup_kernel, dim3(n), dim3(threads), 0, stream, reinterpret_cast<const __nv_bfloat162*>(table),
+                ids, reinterpret_cast<float2*>(out), hidden / 2, vocab);
 }
 
 }  // namespace mpserve::backend::cuda

@@ -1,4 +1,5 @@
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/qkv_rope.cuh"
 
 namespace mpserve::backend::cuda {
@@ -12,6 +13,8 @@ template <int D>
 __global__ void __launch_bounds__(kWarps * 32) qkv_rope_kernel(QkvRopeArgs a) {
   constexpr int kPer = D / 32;
   constexpr int kHalf = kPer / 2;
+  pdl_wait();  // qkv comes from the projection before; the caches are read by earlier attention
+  pdl_trigger();
   const int t = blockIdx.x;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -75,12 +78,8 @@ void qkv_rope_cache_write(const QkvRopeArgs& a, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(a.head_dim == 64 || a.head_dim == 128);
   CUDA_SHAPE_CHECK(a.block_size > 0 && a.qkv && a.q_out && a.k_cache && a.v_cache && a.inv_freq);
   if (a.num_tokens == 0) return;
-  if (a.head_dim == 64) {
-    qkv_rope_kernel<64><<<a.num_tokens, kWarps * 32, 0, stream>>>(a);
-  } else {
-    qkv_rope_kernel<128><<<a.num_tokens, kWarps * 32, 0, stream>>>(a);
-  }
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(a.head_dim == 64 ? qkv_rope_kernel<64> : qkv_rope_kernel<128>, dim3(a.num_tokens), dim3(kWarps * 32), 0,
+                stream, a);
 }
 
 }  // namespace mpserve::backend::cuda

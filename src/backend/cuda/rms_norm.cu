@@ -1,4 +1,5 @@
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/rms_norm.cuh"
 
 namespace mpserve::backend::cuda {
@@ -20,6 +21,8 @@ __device__ float block_sum(float v) {
 __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(float* residual, const float* delta,
                                                                 const __nv_bfloat16* weight, __nv_bfloat16* out,
                                                                 const int32_t* row_index, int hidden, float eps) {
+  pdl_wait();  // residual and delta come from the kernels before
+  pdl_trigger();
   const int r = blockIdx.x;
   const int64_t s = row_index ? row_index[r] : r;
   float4* res = reinterpret_cast<float4*>(residual + s * hidden);
@@ -58,8 +61,8 @@ void add_rms_norm(float* residual, const float* delta, const __nv_bfloat16* weig
                   const int32_t* row_index, int rows, int hidden, float eps, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(rows >= 0 && hidden > 0 && hidden % 4 == 0);
   if (rows == 0) return;
-  add_rms_norm_kernel<<<rows, kThreads, 0, stream>>>(residual, delta, weight, out, row_index, hidden, eps);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(add_rms_norm_kernel, dim3(rows), dim3(kThreads), 0, stream, residual, delta, weight, out, row_index,
+                hidden, eps);
 }
 
 }  // namespace mpserve::backend::cuda

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/sampler.cuh"
 
 namespace mpserve::backend::cuda {
@@ -185,6 +186,8 @@ __device__ float block_inclusive_scan(float v, float* total, SamplerShared& sh) 
 __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, const SampleParamsDev* params,
                                                           int32_t* out, int vocab) {
   __shared__ SamplerShared sh;
+  pdl_wait();  // the logits come from the LM head
+  pdl_trigger();
   const int row = blockIdx.x;
   const float* x = logits + static_cast<int64_t>(row) * vocab;
   const SampleParamsDev p = params[row];
@@ -281,8 +284,7 @@ void sample_tokens(const float* logits, const SampleParamsDev* params, int32_t* 
                    cudaStream_t stream) {
   CUDA_SHAPE_CHECK(rows >= 0 && vocab > 0);
   if (rows == 0) return;
-  sample_kernel<<<rows, kThreads, 0, stream>>>(logits, params, out_tokens, vocab);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(sample_kernel, dim3(rows), dim3(kThreads), 0, stream, logits, params, out_tokens, vocab);
 }
 
 }  // namespace mpserve::backend::cuda

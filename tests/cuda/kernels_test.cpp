@@ -199,24 +199,35 @@ TEST_F(CudaKernels, attention_decode_split_k_matches_unsplit) {
 }
 
 // The decode kernel against the CPU reference, over partition sizes that give one and many
-// partitions per sequence, GQA groups of 1..8, and contexts that end mid-block.
-void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv, const std::vector<int>& ctxs,
-                            int partition) {
-  const int bs = 16, max_blocks = 64, num_blocks = 256;
-  const int qd = nh * head_dim, t = int(ctxs.size());
+// partitions per sequence, GQA groups of 1..8, and contexts that end mid-block and mid-partition.
+// Each entry of ctxs_per_launch is one launch on the same device buffers (out and partials
+// poisoned before each), so a later launch with other lengths checks that the fused merge left
+// its counters at 0. ctx is the query's position: ctx + 1 keys are visible.
+void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv,
+                            const std::vector<std::vector<int>>& ctxs_per_launch, int partition) {
+  const int bs = 16, max_blocks = 128;
+  const int qd = nh * head_dim, t = int(ctxs_per_launch.at(0).size());
+  std::vector<int> longest(size_t(t), 0);  // the tables cover each sequence's longest launch
+  for (const auto& ctxs : ctxs_per_launch)
+    for (int s = 0; s < t; ++s) longest[size_t(s)] = std::max(longest[size_t(s)], ctxs.at(size_t(s)));
+  int num_blocks = 1;
+  for (int c : longest) num_blocks += (c + 1 + bs - 1) / bs;
   auto kc = round_bf16(random_vec(size_t(num_blocks) * nkv * bs * head_dim, rng));
   auto vc = round_bf16(random_vec(size_t(num_blocks) * nkv * bs * head_dim, rng));
   std::vector<int32_t> perm(num_blocks);
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), rng);
-  std::vector<int32_t> tables(size_t(t) * max_blocks, 0), positions;
+  std::vector<int32_t> tables(size_t(t) * max_blocks, 0);
   int next = 0;
   for (int s = 0; s < t; ++s) {
-    for (int b = 0; b < (ctxs[size_t(s)] + 1 + bs - 1) / bs; ++b) tables[size_t(s) * max_blocks + size_t(b)] = perm[size_t(next++)];
-    positions.push_back(ctxs[size_t(s)]);
+    ASSERT_LE((longest[size_t(s)] + 1 + bs - 1) / bs, max_blocks);
+    for (int b = 0; b < (longest[size_t(s)] + 1 + bs - 1) / bs; ++b)
+      tables[size_t(s) * max_blocks + size_t(b)] = perm[size_t(next++)];
   }
+  std::vector<std::vector<int32_t>> positions;
+  for (const auto& ctxs : ctxs_per_launch) positions.emplace_back(ctxs.begin(), ctxs.end());
   auto q = round_bf16(random_vec(size_t(t) * qd, rng));
-  auto got = api::decode_attention(q, kc, vc, positions, tables, max_blocks, nh, nkv, head_dim, bs, partition);
+  auto got = api::decode_attention_launches(q, kc, vc, positions, tables, max_blocks, nh, nkv, head_dim, bs, partition);
   std::vector<float> kr(kc.size()), vr(vc.size());
   for (int b = 0; b < num_blocks; ++b)
     for (int h = 0; h < nkv; ++h)
@@ -229,24 +240,43 @@ void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv, co
         }
   cpu::KvLayerView kv{kr.data(), vr.data(), bs, nkv, head_dim};
   ThreadPool pool(4);
-  std::vector<float> ref(size_t(t) * qd);
-  for (int s = 0; s < t; ++s) {
-    const int ctx = ctxs[size_t(s)];
-    std::span<const int32_t> bt(tables.data() + size_t(s) * max_blocks, size_t((ctx + 1 + bs - 1) / bs));
-    cpu::paged_attention(q.data() + size_t(s) * qd, kv, bt, ctx, 1, nh, 1.0f / std::sqrt(float(head_dim)),
-                         ref.data() + size_t(s) * qd, pool);
+  for (size_t l = 0; l < ctxs_per_launch.size(); ++l) {
+    std::vector<float> ref(size_t(t) * qd);
+    for (int s = 0; s < t; ++s) {
+      const int ctx = ctxs_per_launch[l][size_t(s)];
+      std::span<const int32_t> bt(tables.data() + size_t(s) * max_blocks, size_t((ctx + 1 + bs - 1) / bs));
+      cpu::paged_attention(q.data() + size_t(s) * qd, kv, bt, ctx, 1, nh, 1.0f / std::sqrt(float(head_dim)),
+                           ref.data() + size_t(s) * qd, pool);
+    }
+    EXPECT_LT(rel_err(got.at(l), ref), kBf16Tol) << "head_dim " << head_dim << " heads " << nh << "/" << nkv
+                                                 << " partition " << partition << " launch " << l;
   }
-  EXPECT_LT(rel_err(got, ref), kBf16Tol) << "head_dim " << head_dim << " heads " << nh << "/" << nkv << " partition "
-                                         << partition;
 }
 
 TEST_F(CudaKernels, decode_attention_matches_cpu_over_partitions_and_groups) {
+  for (int partition : {64, 128, 512}) {
+    check_decode_attention(rng_, 64, 14, 2, {{0, 5, 127, 700, 1000}}, partition);  // Qwen2.5-0.5B: group 7
+    check_decode_attention(rng_, 128, 28, 4, {{900, 1, 63, 64, 511}}, partition);  // 7B: group 7
+    check_decode_attention(rng_, 128, 16, 2, {{300, 17}}, partition);              // 3B: group 8
+    check_decode_attention(rng_, 128, 12, 2, {{1023, 33}}, partition);             // 1.5B: group 6
+    for (int group = 1; group <= 8; ++group) {
+      // One sequence inside one tile, one inside one partition, several over many partitions
+      // (lengths off multiples of 16 and of the partition), one exactly at a partition's end.
+      const std::vector<int> ctxs = {0, 15, 16, 200, partition - 1, 777, 1500, 2047};
+      check_decode_attention(rng_, 64, 2 * group, 2, {ctxs}, partition);
+      check_decode_attention(rng_, 128, 2 * group, 2, {ctxs}, partition);
+    }
+  }
+}
+
+// A second and third launch over the same buffers with other lengths: sequences that had many
+// partitions get one and the reverse, so a merge counter not reset to 0 would merge too early or
+// never (poisoned output).
+TEST_F(CudaKernels, decode_attention_relaunch_with_other_lengths_resets_merge_counters) {
   for (int partition : {64, 512}) {
-    check_decode_attention(rng_, 64, 14, 2, {0, 5, 127, 700, 1000}, partition);    // Qwen2.5-0.5B: group 7
-    check_decode_attention(rng_, 128, 28, 4, {900, 1, 63, 64, 511}, partition);    // 7B: group 7
-    check_decode_attention(rng_, 128, 16, 2, {300, 17}, partition);                // 3B: group 8
-    check_decode_attention(rng_, 128, 12, 2, {1023, 33}, partition);               // 1.5B: group 6
-    check_decode_attention(rng_, 64, 4, 4, {250, 0}, partition);                   // MHA
+    check_decode_attention(rng_, 64, 14, 2, {{1000, 5, 300, 1999}, {40, 1200, 299, 2000}, {1000, 5, 300, 63}},
+                           partition);
+    check_decode_attention(rng_, 128, 28, 4, {{700, 0, 129}, {64, 1500, 129}, {700, 0, 2047}}, partition);
   }
 }
 

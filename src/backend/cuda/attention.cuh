@@ -41,10 +41,12 @@ int attention_tokens_per_item(int n_heads, int n_kv_heads);
 
 // Decode (one query token per sequence, token i belongs to sequence i) with GQA groups up to
 // kDecodeMaxGroup: one block per (sequence, kv head, partition of partition_size keys) loads each
-// key and value once for the whole group. Sequences whose keys span several partitions write
-// partials (partial_o (max_partitions, T, n_heads, D), partial_ml (max_partitions, T, n_heads, 2))
-// and a reduce merges them; a single partition writes `out` directly. The grid is fixed by
-// max_partitions (graph-friendly); blocks past a sequence's length exit at once.
+// key and value once for the whole group (tensor cores, one pass, online softmax). Sequences whose
+// keys span several partitions write partials (partial_o (max_partitions, T, n_heads, D),
+// partial_ml (max_partitions, T, n_heads, 2) f32, m in the log2 domain) and the last of their
+// blocks to finish merges them (counting in `counters`); a single partition writes `out`
+// directly. The grid is fixed by max_partitions (graph-friendly); blocks past a sequence's length
+// exit at once. block_size must be a multiple of 16.
 constexpr int kDecodeMaxGroup = 8;
 constexpr int kDecodeMaxPartition = 512;
 struct DecodeAttentionArgs {
@@ -59,13 +61,21 @@ struct DecodeAttentionArgs {
   int n_heads = 0;
   int n_kv_heads = 0;
   int head_dim = 0;                        // 64 or 128
-  int block_size = 0;
+  int block_size = 0;                      // multiple of 16
   float scale = 0.f;
   int partition_size = 0;                  // multiple of 32, <= kDecodeMaxPartition
   int max_partitions = 0;
   float* partial_o = nullptr;
   float* partial_ml = nullptr;
+  // (T, n_kv_heads) int32, all 0 before the first launch; every launch leaves them 0 again (the
+  // merging block resets its counter), so one buffer serves every layer and graph replay.
+  int32_t* counters = nullptr;
 };
+
+// Keys per decode partition: the smallest power of two (64..kDecodeMaxPartition) that still gives
+// about two blocks per SM when every sequence is max_kv_len long. Fixed per batch bucket so eager
+// and graph runs launch the same grid.
+int decode_partition_size(int num_tokens, int n_kv_heads, int max_kv_len, int num_sms);
 
 void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream);
 

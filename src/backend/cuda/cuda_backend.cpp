@@ -139,7 +139,9 @@ class CudaBackend final : public Backend {
   int bucket_for(int num_seqs) const;
   int splits_for(int num_seqs, int max_kv_len) const;
   int partition_for(int bucket) const;
-  bool decode_kernel_ok() const { return c_.num_heads / c_.num_kv_heads <= kDecodeMaxGroup; }
+  bool decode_kernel_ok() const {
+    return c_.num_heads / c_.num_kv_heads <= kDecodeMaxGroup && opts_.block_size % 16 == 0;
+  }
   void forward(const StepShape& s);
   template <typename T>
   T* dev(size_t offset) const {
@@ -187,6 +189,7 @@ class CudaBackend final : public Backend {
   __nv_bfloat16* act_ = nullptr;        // (T, I)
   float* partial_o_ = nullptr;          // (max_splits_rows_, n_heads, D)
   float* partial_ml_ = nullptr;         // (max_splits_rows_, n_heads, 2)
+  int32_t* decode_counters_ = nullptr;  // (largest decode bucket, n_kv_heads), zero between launches
   __nv_bfloat16* final_h_ = nullptr;    // (S, H)
   float* logits_ = nullptr;             // (S, V)
   int32_t* out_tokens_ = nullptr;       // (S)
@@ -258,13 +261,9 @@ int CudaBackend::splits_for(int num_seqs, int max_kv_len) const {
   return std::max(s, 1);
 }
 
-// Decode attention: the smallest power-of-two partition (64..512 keys) that still gives about
-// two blocks per SM when sequences are max_model_len long; fixed per bucket for the graphs.
+// Decode attention keys per block (decode_partition_size), fixed per bucket for the graphs.
 int CudaBackend::partition_for(int bucket) const {
-  const int want = CEIL_DIV(2 * num_sms_, bucket * static_cast<int>(c_.num_kv_heads));
-  int p = 64;
-  while (p < kDecodeMaxPartition && CEIL_DIV(opts_.max_model_len, p) > want) p *= 2;
-  return p;
+  return decode_partition_size(bucket, static_cast<int>(c_.num_kv_heads), opts_.max_model_len, num_sms_);
 }
 
 void CudaBackend::upload_weights() {
@@ -332,6 +331,8 @@ void CudaBackend::allocate_activations() {
   act_ = mem_.alloc<__nv_bfloat16>(t * in);
   partial_o_ = mem_.alloc<float>(size_t(max_splits_rows_) * q);
   partial_ml_ = mem_.alloc<float>(size_t(max_splits_rows_) * size_t(c_.num_heads) * 2);
+  decode_counters_ = mem_.alloc<int32_t>(size_t(buckets_.back()) * size_t(c_.num_kv_heads));
+  CUDA_CHECK(cudaMemset(decode_counters_, 0, size_t(buckets_.back()) * size_t(c_.num_kv_heads) * sizeof(int32_t)));
   final_h_ = mem_.alloc<__nv_bfloat16>(s * h);
   logits_ = mem_.alloc<float>(s * v);
   out_tokens_ = mem_.alloc<int32_t>(s);
@@ -528,6 +529,7 @@ void CudaBackend::forward(const StepShape& s) {
         a.max_partitions = s.max_partitions;
         a.partial_o = partial_o_;
         a.partial_ml = partial_ml_;
+        a.counters = decode_counters_;
         decode_attention(a, stream_);
       } else {
         AttentionArgs a;

@@ -1,229 +1,353 @@
-// Decode attention: one query token per sequence, all heads of a GQA group in one block.
-// note: three phases over a partition of at most kDecodeMaxPartition keys. (1) scores: a group of
-// D/8 lanes takes one key, each lane one 16-byte chunk of it, and scores it against every query
-// head of the group (the queries sit in registers), so each key is read once per group. (2) the
-// softmax of each head over the partition (one warp per head, in shared memory). (3) values: each
-// thread owns one 16-byte chunk of D for a strided subset of the keys, accumulates all heads, and
-// the key subsets are summed through shared memory (aliasing the scores, after a barrier).
+// Decode attention on tensor cores, one pass (flash-decoding), with the partition merge fused in.
+// note: a block is (sequence, kv head, partition of partition_size keys); its 4 warps take the
+// partition's 16-key tiles round-robin and work independently: each streams its own tiles through
+// a kStages-deep cp.async pipeline in shared memory (no block barrier in the loop, 2 tiles in
+// flight per warp besides the one in use), computes S = Q K^T with mma.sync m16n8k16 (the GQA
+// group's <= 8 query rows padded to 16), keeps an online softmax in registers (exp2, scale folded
+// in), and accumulates O^T += V^T P^T with a second mma whose B operand is P straight from the S
+// accumulators (their layout is the B layout of the transposed product, so N = 8 query heads
+// wastes nothing). The warps merge through shared memory at the end. A sequence with several
+// partitions writes f32 partials; the last of its blocks to finish (an atomic counter per
+// (sequence, kv head), reset to 0 by that block, so graph replays start from 0) merges them.
 #include <cmath>
+#include <cstdint>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace mpserve::backend::cuda {
 namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kG = kDecodeMaxGroup;
-constexpr int kUnroll = 4;  // keys in flight per lane group in phase 1
+constexpr int kTile = 16;   // keys per warp step: the k extent of one P.V mma
+constexpr int kStages = 3;  // per-warp pipeline depth (tiles resident in shared memory)
+constexpr int kG = kDecodeMaxGroup;  // query heads per block = the N of the P.V mma
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kG == 8, "the P.V mma has N = 8 query heads");
+// A lane holds the cache offset of one of its warp's tiles, so a warp has at most 32 tiles.
+static_assert(kDecodeMaxPartition <= kTile * kWarps * 32, "partition too large for the tile offsets");
 
-__device__ __forceinline__ void unpack8(const uint4& v, float* f) {
-  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(p[i]);
-    f[2 * i] = t.x, f[2 * i + 1] = t.y;
-  }
-}
-
+// Per warp and stage: K tile [kTile][D] then V tile [kTile][D] (bf16). At the end the region
+// becomes the warps' f32 outputs [kWarps][kG][D + 4] (row stride D + 4: the fragment stores of a
+// warp hit 32 distinct banks).
+template <int D>
+constexpr int kStageElems = 2 * kTile * D;
 template <int D>
 constexpr size_t smem_bytes() {
-  constexpr size_t scores = sizeof(float) * kG * kDecodeMaxPartition;
-  constexpr size_t red = sizeof(float) * (kThreads / (D / 8)) * kG * D;
-  return scores > red ? scores : red;
+  constexpr size_t pipe = sizeof(__nv_bfloat16) * kWarps * kStages * kStageElems<D>;
+  constexpr size_t red = sizeof(float) * kWarps * kG * (D + 4);
+  return pipe > red ? pipe : red;
 }
 
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy; zero-fills when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+
+// c (16x8 f32) += a (16x16 bf16, row) . b (16x8 bf16, col)
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Offset (bf16 elements) in a [kTile][D] tile of the address lane gives ldmatrix.x4 for column
+// pair `pair` (chunks 2*pair, 2*pair + 1 of 8 values): matrices 0..3 = (keys 0-7, chunk lo),
+// (keys 0-7, chunk hi), (keys 8-15, chunk lo), (keys 8-15, chunk hi).
+// note: 16-byte chunk c of row r is stored at chunk c ^ (r % 8): rows are 128 or 256 bytes apart,
+// and the swizzle puts the eight rows an ldmatrix matrix reads on distinct banks.
+template <int D>
+__device__ __forceinline__ int frag_offset(int lane, int pair) {
+  const int r = ((lane >> 4) << 3) + (lane & 7);
+  const int c = 2 * pair + ((lane >> 3) & 1);
+  return r * D + ((c ^ (lane & 7)) << 3);
+}
+
+// Fragment layouts (PTX ISA, mma.m16n8k16), g = lane / 4, t = lane % 4: the accumulator holds
+// rows g and g + 8, columns 2t and 2t + 1; A register i holds row g + 8 * (i % 2), columns
+// 2t + 8 * (i / 2) (+1); B register i holds rows (k) 2t + 8 * i (+1), column (n) g.
+//   S (16 q x 8 keys, two per tile) = Q (16 q x 16 d) . K^T: rows g + 8 are padding (A regs 1, 3
+//   are 0); a lane holds S[q = g][keys 2t, 2t + 1] and [keys 8 + 2t, 9 + 2t] of its tile.
+//   O^T (16 d x 8 q) += V^T (16 d x 16 keys) . P^T (16 keys x 8 q): the B registers are exactly
+//   the lane's P values above; the lane holds O[q = 2t, 2t + 1][d = 16 m + g, 16 m + g + 8].
 template <int D>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
-  constexpr int kChunks = D / 8;               // 16-byte chunks per key
-  constexpr int kKeysPerWarp = 32 / kChunks;   // phase 1
-  constexpr int kKeyLanes = kThreads / kChunks;  // phase 3
-  extern __shared__ __align__(16) float smem_f[];
-  float* scores = smem_f;  // [kG][kDecodeMaxPartition], later [kKeyLanes][kG][D]
-  __shared__ float m_s[kG], l_s[kG];
+  constexpr int kChunks = D / 8;  // 16-byte chunks per key row
+  constexpr int kRow = D + 4;     // f32 row stride of the warp-merge buffer
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ float red_m[kWarps][kG], red_l[kWarps][kG];
+  __shared__ int is_last;
 
   const int tok = blockIdx.x, kvh = blockIdx.y, part = blockIdx.z;
+  // Positions and block tables are this step's host data: readable before pdl_wait().
   const int kv_len = a.positions[tok] + 1;
   const int P = a.partition_size;
   const int k_begin = part * P;
-  if (k_begin >= kv_len) return;
+  if (k_begin >= kv_len) {
+    pdl_wait();
+    return;
+  }
   const int k_end = min(kv_len, k_begin + P);
-  const int n = k_end - k_begin;
   const int num_parts = CEIL_DIV(kv_len, P);
   const int group = a.n_heads / a.n_kv_heads;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int32_t* table = a.block_tables + static_cast<int64_t>(tok) * a.max_blocks_per_seq;
-  auto chunk_ptr = [&](const __nv_bfloat16* cache, int key, int c) {
-    const int64_t blk = table[key / a.block_size];
-    const int off = key % a.block_size;
-    return reinterpret_cast<const uint4*>(cache + ((blk * a.n_kv_heads + kvh) * a.block_size + off) * D + c * 8);
+  const int g = lane >> 2, t = lane & 3;
+  const int n_tiles = CEIL_DIV(k_end - k_begin, kTile);
+  const int my_n = warp < n_tiles ? CEIL_DIV(n_tiles - warp, kWarps) : 0;  // warp-uniform
+
+  // Lane j: element offset of this warp's tile j in either cache. A tile's 16 keys start at a
+  // multiple of 16 and block_size is one, so they are 16 consecutive rows of one cache block.
+  int64_t tile_off = 0;
+  if (lane < my_n) {
+    const int key = k_begin + (warp + lane * kWarps) * kTile;
+    const int64_t blk = a.block_tables[static_cast<int64_t>(tok) * a.max_blocks_per_seq + key / a.block_size];
+    tile_off = ((blk * a.n_kv_heads + kvh) * a.block_size + key % a.block_size) * D;
+  }
+
+  pdl_wait();
+  pdl_trigger();
+
+  __nv_bfloat16* pipe = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * kStages * kStageElems<D>;
+  // Loads the warp's tile j into stage j % kStages (rows past the sequence zero-filled, so no
+  // stale value can turn 0 * V into NaN); commits a group even when there is no tile j, so that
+  // wait_group counts stay uniform.
+  auto issue = [&](int j) {
+    if (j < my_n) {
+      const int64_t off = __shfl_sync(0xffffffffu, tile_off, j);
+      const int key0 = k_begin + (warp + j * kWarps) * kTile;
+      __nv_bfloat16* ks = pipe + (j % kStages) * kStageElems<D>;
+      __nv_bfloat16* vs = ks + kTile * D;
+#pragma unroll
+      for (int i = 0; i < kTile * kChunks / 32; ++i) {
+        const int idx = i * 32 + lane, r = idx / kChunks, c = idx % kChunks;
+        const bool valid = key0 + r < k_end;
+        const int64_t src = off + r * D + c * 8;
+        const int dst = r * D + ((c ^ (r & 7)) << 3);
+        cp_async16(ks + dst, a.k_cache + src, valid);
+        cp_async16(vs + dst, a.v_cache + src, valid);
+      }
+    }
+    cp_async_commit();
   };
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) issue(j);
 
-  // Phase 1: scores.
+  // Q as the A operand: row g = query head kvh * group + g (zero past the group).
+  uint32_t qf[D / 16][2];
   {
-    const int c = lane % kChunks, gi = lane / kChunks;
-    float q[kG][8];
+    const bool row_ok = g < group;
+    const __nv_bfloat16* qp =
+        a.q + (static_cast<int64_t>(tok) * a.n_heads + kvh * group + (row_ok ? g : 0)) * D + 2 * t;
 #pragma unroll
-    for (int g = 0; g < kG; ++g) {
-      if (g < group) {
-        const __nv_bfloat16* qp = a.q + (static_cast<int64_t>(tok) * a.n_heads + kvh * group + g) * D + c * 8;
-        unpack8(*reinterpret_cast<const uint4*>(qp), q[g]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) q[g][j] = 0.f;
-      }
-    }
-    constexpr int kStep = kWarps * kKeysPerWarp;
-    // The loop bound is warp-uniform (the shuffles below need the whole warp); keys are guarded.
-    for (int base = k_begin + warp * kKeysPerWarp; base < k_end; base += kStep * kUnroll) {
-      uint4 kv[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int key = base + gi + u * kStep;
-        kv[u] = key < k_end ? *chunk_ptr(a.k_cache, key, c) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int key = base + gi + u * kStep;
-        float kf[8];
-        unpack8(kv[u], kf);
-        float s[kG];
-#pragma unroll
-        for (int g = 0; g < kG; ++g) {
-          s[g] = 0.f;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) s[g] = fmaf(q[g][j], kf[j], s[g]);
-#pragma unroll
-          for (int o = kChunks / 2; o > 0; o >>= 1) s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
-        }
-        if (c == 0 && key < k_end) {
-#pragma unroll
-          for (int g = 0; g < kG; ++g)
-            if (g < group) scores[g * kDecodeMaxPartition + key - k_begin] = s[g] * a.scale;
-        }
-      }
+    for (int kk = 0; kk < D / 16; ++kk) {
+      qf[kk][0] = row_ok ? *reinterpret_cast<const uint32_t*>(qp + 16 * kk) : 0u;
+      qf[kk][1] = row_ok ? *reinterpret_cast<const uint32_t*>(qp + 16 * kk + 8) : 0u;
     }
   }
-  __syncthreads();
 
-  // Phase 2: softmax over the partition, one warp per head.
-  for (int g = warp; g < group; g += kWarps) {
-    float* sg = scores + g * kDecodeMaxPartition;
-    float m = -INFINITY;
-    for (int i = lane; i < n; i += 32) m = fmaxf(m, sg[i]);
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    float l = 0.f;
-    for (int i = lane; i < n; i += 32) {
-      const float p = expf(sg[i] - m);
-      sg[i] = p;
-      l += p;
-    }
-    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-    if (lane == 0) m_s[g] = m, l_s[g] = l;
-  }
-  __syncthreads();
+  float o[D / 16][4];
+#pragma unroll
+  for (int m = 0; m < D / 16; ++m) o[m][0] = o[m][1] = o[m][2] = o[m][3] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;  // row g, log2 domain; l_run: this lane's keys only
+  const float sl = a.scale * kLog2e;
 
-  // Phase 3: values.
-  const int c = threadIdx.x % kChunks, kl = threadIdx.x / kChunks;
-  float acc[kG][8];
+  for (int j = 0; j < my_n; ++j) {
+    issue(j + kStages - 1);  // into the stage read at j - 1 (the __syncwarp below ended that)
+    cp_async_wait<kStages - 1>();
+    __syncwarp();  // every lane's copies of tile j are visible to the warp
+    const __nv_bfloat16* ks = pipe + (j % kStages) * kStageElems<D>;
+    const __nv_bfloat16* vs = ks + kTile * D;
+    const int key0 = k_begin + (warp + j * kWarps) * kTile;
+
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-  for (int g = 0; g < kG; ++g)
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
-  for (int base = k_begin + kl; base < k_end; base += 2 * kKeyLanes) {
-    uint4 vv[2];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int key = base + u * kKeyLanes;
-      vv[u] = key < k_end ? *chunk_ptr(a.v_cache, key, c) : make_uint4(0, 0, 0, 0);
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t b[4];
+      ldmatrix_x4(b, ks + frag_offset<D>(lane, kk));
+      mma_bf16(s[0], qf[kk][0], 0u, qf[kk][1], 0u, b[0], b[1]);
+      mma_bf16(s[1], qf[kk][0], 0u, qf[kk][1], 0u, b[2], b[3]);
     }
+
+    // Online softmax of row g over the tile; x[e] is key key0 + 8 * (e / 2) + 2t + e % 2.
+    float x[4] = {s[0][0], s[0][1], s[1][0], s[1][1]};
+    float tmax = -INFINITY;
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int key = base + u * kKeyLanes;
-      if (key >= k_end) break;
-      float vf[8];
-      unpack8(vv[u], vf);
-#pragma unroll
-      for (int g = 0; g < kG; ++g) {
-        if (g >= group) break;
-        const float p = scores[g * kDecodeMaxPartition + key - k_begin];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[j], acc[g][j]);
-      }
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + 8 * (e >> 1) + 2 * t + (e & 1);
+      x[e] = key < k_end ? x[e] * sl : -INFINITY;
+      tmax = fmaxf(tmax, x[e]);
     }
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+    const float m_new = fmaxf(m_run, tmax);  // finite: every tile has a visible key
+    const float alpha = fast_exp2(m_run - m_new);
+    m_run = m_new;
+    // note: P is rounded to bf16 for the mma, and l sums the rounded values, so numerator and
+    // denominator see the same weights.
+    const __nv_bfloat162 p01 = __floats2bfloat162_rn(fast_exp2(x[0] - m_new), fast_exp2(x[1] - m_new));
+    const __nv_bfloat162 p23 = __floats2bfloat162_rn(fast_exp2(x[2] - m_new), fast_exp2(x[3] - m_new));
+    const float2 f01 = __bfloat1622float2(p01), f23 = __bfloat1622float2(p23);
+    l_run = l_run * alpha + (f01.x + f01.y) + (f23.x + f23.y);
+    const uint32_t pb0 = *reinterpret_cast<const uint32_t*>(&p01);
+    const uint32_t pb1 = *reinterpret_cast<const uint32_t*>(&p23);
+
+    // The O^T columns this lane holds are rows 2t, 2t + 1: their alphas live in lanes 8t, 8t + 4.
+    const float a_lo = __shfl_sync(0xffffffffu, alpha, 8 * t);
+    const float a_hi = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+#pragma unroll
+    for (int m = 0; m < D / 16; ++m) {
+      o[m][0] *= a_lo, o[m][1] *= a_hi, o[m][2] *= a_lo, o[m][3] *= a_hi;
+      uint32_t v[4];
+      ldmatrix_x4_trans(v, vs + frag_offset<D>(lane, m));
+      mma_bf16(o[m], v[0], v[1], v[2], v[3], pb0, pb1);
+    }
+    __syncwarp();  // all lanes are done reading this stage before it is refilled
   }
-  __syncthreads();  // scores consumed: the region becomes the reduction buffer
-  float* red = smem_f;  // [kKeyLanes][kG][D]
+  cp_async_wait<0>();  // only empty groups remain; drained before the region is reused
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  __syncthreads();  // every warp is done with its stages: the region becomes red_o
+
+  // Merge the warps (a warp without tiles has m = -inf, l = 0, O = 0 and weighs 0).
+  float* red_o = reinterpret_cast<float*>(smem_raw);  // [kWarps][kG][kRow]
+  if (t == 0) red_m[warp][g] = m_run, red_l[warp][g] = l_run;
+  {
+    float* ro = red_o + warp * kG * kRow;
 #pragma unroll
-  for (int g = 0; g < kG; ++g) {
-    if (g >= group) break;
-    float4* dst = reinterpret_cast<float4*>(red + (kl * kG + g) * D + c * 8);
-    dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
-    dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+    for (int m = 0; m < D / 16; ++m) {
+      const int d = 16 * m + g;
+      ro[(2 * t) * kRow + d] = o[m][0];
+      ro[(2 * t + 1) * kRow + d] = o[m][1];
+      ro[(2 * t) * kRow + d + 8] = o[m][2];
+      ro[(2 * t + 1) * kRow + d + 8] = o[m][3];
+    }
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < group * D; idx += kThreads) {
-    const int g = idx / D, d = idx - g * D;
-    float sum = 0.f;
-#pragma unroll 4
-    for (int k = 0; k < kKeyLanes; ++k) sum += red[(k * kG + g) * D + d];
-    const float inv = 1.f / l_s[g];
-    const int head = kvh * group + g;
-    if (num_parts == 1) {
-      a.out[(static_cast<int64_t>(tok) * a.n_heads + head) * D + d] = __float2bfloat16_rn(sum * inv);
-    } else {
-      const int64_t row = (static_cast<int64_t>(part) * a.num_tokens + tok) * a.n_heads + head;
-      a.partial_o[row * D + d] = sum * inv;
-      if (d == 0) {
-        a.partial_ml[row * 2] = m_s[g];
-        a.partial_ml[row * 2 + 1] = l_s[g];
-      }
+    const int q = idx / D, d = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w][q]);  // finite: warp 0 has a tile
+    float l = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = fast_exp2(red_m[w][q] - mx);
+      l += red_l[w][q] * f;
+      acc += red_o[(w * kG + q) * kRow + d] * f;
     }
+    const int64_t head_row = static_cast<int64_t>(tok) * a.n_heads + kvh * group + q;
+    if (num_parts == 1) {
+      a.out[head_row * D + d] = __float2bfloat16_rn(acc / l);
+    } else {
+      const int64_t row = static_cast<int64_t>(part) * a.num_tokens * a.n_heads + head_row;
+      a.partial_o[row * D + d] = acc / l;
+      if (d == 0) a.partial_ml[row * 2] = mx, a.partial_ml[row * 2 + 1] = l;
+    }
+  }
+  if (num_parts == 1) return;
+
+  // Last block of this (sequence, kv head) merges the partitions (threadFenceReduction pattern:
+  // partials, fence, count; the block that counts last reads the others' partials from L2).
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t* counter = a.counters + static_cast<int64_t>(tok) * a.n_kv_heads + kvh;
+    const int done = atomicAdd(counter, 1);
+    is_last = done == num_parts - 1;
+    if (is_last) *counter = 0;  // every partition has counted: ready for the next launch
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int64_t part_stride = static_cast<int64_t>(a.num_tokens) * a.n_heads;
+  for (int idx = threadIdx.x; idx < group * D; idx += kThreads) {
+    const int q = idx / D, d = idx % D;
+    const int64_t head_row = static_cast<int64_t>(tok) * a.n_heads + kvh * group + q;
+    float mx = -INFINITY, l = 0.f, acc = 0.f;
+#pragma unroll 4
+    for (int p = 0; p < num_parts; ++p) {
+      const int64_t row = p * part_stride + head_row;
+      const float pm = __ldcg(a.partial_ml + row * 2), pl = __ldcg(a.partial_ml + row * 2 + 1);
+      const float po = __ldcg(a.partial_o + row * D + d);
+      const float m_new = fmaxf(mx, pm);
+      const float c_old = fast_exp2(mx - m_new), w = fast_exp2(pm - m_new) * pl;
+      l = l * c_old + w;
+      acc = acc * c_old + po * w;
+      mx = m_new;
+    }
+    a.out[head_row * D + d] = __float2bfloat16_rn(acc / l);
   }
 }
 
-// Block = (token, head), D threads: merges the partitions of sequences that have several.
-__global__ void decode_reduce_kernel(DecodeAttentionArgs a) {
-  const int tok = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
-  const int D = a.head_dim;
-  const int num_parts = CEIL_DIV(a.positions[tok] + 1, a.partition_size);
-  if (num_parts == 1) return;
-  const int64_t stride = static_cast<int64_t>(a.num_tokens) * a.n_heads;
-  const int64_t row0 = static_cast<int64_t>(tok) * a.n_heads + head;
-  float m_max = -INFINITY;
-  for (int s = 0; s < num_parts; ++s) m_max = fmaxf(m_max, a.partial_ml[(s * stride + row0) * 2]);
-  float num = 0.f, den = 0.f;
-  for (int s = 0; s < num_parts; ++s) {
-    const int64_t row = s * stride + row0;
-    const float w = expf(a.partial_ml[row * 2] - m_max) * a.partial_ml[row * 2 + 1];
-    num += w * a.partial_o[row * D + d];
-    den += w;
+template <int D>
+void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  static bool attr_set = false;  // raise the dynamic shared-memory limit once per instantiation
+  if (!attr_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem_bytes<D>())));
+    attr_set = true;
   }
-  a.out[row0 * D + d] = __float2bfloat16_rn(num / den);
+  launch_kernel(decode_attention_kernel<D>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(kThreads),
+                smem_bytes<D>(), stream, a);
 }
 
 }  // namespace
+
+int decode_partition_size(int num_tokens, int n_kv_heads, int max_kv_len, int num_sms) {
+  const int want = CEIL_DIV(2 * num_sms, num_tokens * n_kv_heads);
+  int p = 64;
+  while (p < kDecodeMaxPartition && CEIL_DIV(max_kv_len, p) > want) p *= 2;
+  return p;
+}
 
 void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(a.n_heads > 0 && a.n_kv_heads > 0 && a.n_heads % a.n_kv_heads == 0);
   CUDA_SHAPE_CHECK(a.n_heads / a.n_kv_heads <= kDecodeMaxGroup);
   CUDA_SHAPE_CHECK(a.head_dim == 64 || a.head_dim == 128);
   CUDA_SHAPE_CHECK(a.partition_size > 0 && a.partition_size % 32 == 0 && a.partition_size <= kDecodeMaxPartition);
-  CUDA_SHAPE_CHECK(a.max_partitions >= 1 && a.block_size > 0 && a.max_blocks_per_seq > 0);
+  CUDA_SHAPE_CHECK(a.block_size > 0 && a.block_size % kTile == 0 && a.max_blocks_per_seq > 0);
+  CUDA_SHAPE_CHECK(a.max_partitions >= 1 && a.max_partitions <= 65535);
   CUDA_SHAPE_CHECK(a.max_partitions * a.partition_size >= a.max_blocks_per_seq * a.block_size);
-  CUDA_SHAPE_CHECK(a.max_partitions == 1 || (a.partial_o && a.partial_ml));
+  CUDA_SHAPE_CHECK(a.max_partitions == 1 || (a.partial_o && a.partial_ml && a.counters));
   if (a.num_tokens == 0) return;
-  const dim3 grid(a.num_tokens, a.n_kv_heads, a.max_partitions);
   if (a.head_dim == 64) {
-    decode_attention_kernel<64><<<grid, kThreads, smem_bytes<64>(), stream>>>(a);
+    launch<64>(a, stream);
   } else {
-    decode_attention_kernel<128><<<grid, kThreads, smem_bytes<128>(), stream>>>(a);
-  }
-  CUDA_CHECK_LAUNCH();
-  if (a.max_partitions > 1) {
-    decode_reduce_kernel<<<dim3(a.num_tokens, a.n_heads), a.head_dim, 0, stream>>>(a);
-    CUDA_CHECK_LAUNCH();
+    launch<128>(a, stream);
   }
 }
 

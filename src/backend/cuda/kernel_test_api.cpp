@@ -205,37 +205,8 @@ std::vector<float> decode_attention(const std::vector<float>& q, const std::vect
                                     const std::vector<float>& v_cache, const std::vector<int32_t>& positions,
                                     const std::vector<int32_t>& block_tables, int max_blocks_per_seq, int n_heads,
                                     int n_kv_heads, int head_dim, int block_size, int partition_size) {
-  auto dq = up_bf16(q);
-  auto dk = up_bf16(k_cache);
-  auto dv = up_bf16(v_cache);
-  auto dpos = up_i32(positions);
-  auto dbt = up_i32(block_tables);
-  const int t = static_cast<int>(positions.size());
-  const int parts = CEIL_DIV(max_blocks_per_seq * block_size, partition_size);
-  Dev<__nv_bfloat16> out(size_t(t) * size_t(n_heads * head_dim));
-  out.poison();
-  Dev<float> po(size_t(parts) * size_t(t) * size_t(n_heads * head_dim));
-  Dev<float> pml(size_t(parts) * size_t(t) * size_t(n_heads) * 2);
-  DecodeAttentionArgs a;
-  a.q = dq->p;
-  a.k_cache = dk->p;
-  a.v_cache = dv->p;
-  a.out = out.p;
-  a.positions = dpos->p;
-  a.block_tables = dbt->p;
-  a.max_blocks_per_seq = max_blocks_per_seq;
-  a.num_tokens = t;
-  a.n_heads = n_heads;
-  a.n_kv_heads = n_kv_heads;
-  a.head_dim = head_dim;
-  a.block_size = block_size;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  a.partition_size = partition_size;
-  a.max_partitions = parts;
-  a.partial_o = po.p;
-  a.partial_ml = pml.p;
-  cuda::decode_attention(a, 0);
-  return down_bf16(out);
+  return decode_attention_launches(q, k_cache, v_cache, {positions}, block_tables, max_blocks_per_seq, n_heads,
+                                   n_kv_heads, head_dim, block_size, partition_size)[0];
 }
 
 std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::vector<float>& norm_w,
@@ -294,6 +265,175 @@ std::vector<int32_t> sample(const std::vector<float>& logits, const std::vector<
   CUDA_CHECK(cudaDeviceSynchronize());
   CUDA_CHECK(cudaMemcpy(h.data(), out.p, h.size() * 4, cudaMemcpyDeviceToHost));
   return h;
+}
+
+// ---- Decode attention (decode_attention.cu): launches on shared buffers, benchmark ----
+
+std::vector<std::vector<float>> decode_attention_launches(const std::vector<float>& q,
+                                                          const std::vector<float>& k_cache,
+                                                          const std::vector<float>& v_cache,
+                                                          const std::vector<std::vector<int32_t>>& positions_per_launch,
+                                                          const std::vector<int32_t>& block_tables,
+                                                          int max_blocks_per_seq, int n_heads, int n_kv_heads,
+                                                          int head_dim, int block_size, int partition_size) {
+  auto dq = up_bf16(q);
+  auto dk = up_bf16(k_cache);
+  auto dv = up_bf16(v_cache);
+  auto dbt = up_i32(block_tables);
+  const int t = static_cast<int>(positions_per_launch.at(0).size());
+  const int parts = CEIL_DIV(max_blocks_per_seq * block_size, partition_size);
+  Dev<int32_t> dpos(static_cast<size_t>(t));
+  Dev<__nv_bfloat16> out(size_t(t) * size_t(n_heads * head_dim));
+  Dev<float> po(size_t(parts) * size_t(t) * size_t(n_heads * head_dim));
+  Dev<float> pml(size_t(parts) * size_t(t) * size_t(n_heads) * 2);
+  Dev<int32_t> counters(size_t(t) * size_t(n_kv_heads));
+  CUDA_CHECK(cudaMemset(counters.p, 0, counters.n * sizeof(int32_t)));
+  DecodeAttentionArgs a;
+  a.q = dq->p;
+  a.k_cache = dk->p;
+  a.v_cache = dv->p;
+  a.out = out.p;
+  a.positions = dpos.p;
+  a.block_tables = dbt->p;
+  a.max_blocks_per_seq = max_blocks_per_seq;
+  a.num_tokens = t;
+  a.n_heads = n_heads;
+  a.n_kv_heads = n_kv_heads;
+  a.head_dim = head_dim;
+  a.block_size = block_size;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  a.partition_size = partition_size;
+  a.max_partitions = parts;
+  a.partial_o = po.p;
+  a.partial_ml = pml.p;
+  a.counters = counters.p;
+  std::vector<std::vector<float>> outs;
+  for (const std::vector<int32_t>& positions : positions_per_launch) {
+    CUDA_SHAPE_CHECK(static_cast<int>(positions.size()) == t);
+    CUDA_CHECK(cudaMemcpy(dpos.p, positions.data(), positions.size() * 4, cudaMemcpyHostToDevice));
+    out.poison();
+    po.poison();
+    pml.poison();
+    cuda::decode_attention(a, 0);
+    outs.push_back(down_bf16(out));
+  }
+  return outs;
+}
+
+DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,
+                                            int max_kv_len, int repeats, uint32_t seed) {
+  constexpr int kBlockSize = 16, kLaunchesPerGraph = 20, kWarmupReplays = 3;
+  constexpr size_t kCopiesBytes = size_t(4) << 30;  // KV copies in all, so consecutive launches miss L2
+  constexpr size_t kFlushBytes = size_t(256) << 20;  // written before each replay: evicts L2
+  CUDA_SHAPE_CHECK(ctx >= 1 && max_kv_len >= ctx && repeats >= 1);
+  int sms = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const int blocks_per_seq = CEIL_DIV(ctx, kBlockSize);
+  const int max_blocks = CEIL_DIV(max_kv_len, kBlockSize);
+  const int num_blocks = batch * blocks_per_seq;
+  const size_t layer_elems = size_t(num_blocks) * size_t(n_kv_heads) * kBlockSize * size_t(head_dim);
+  const int copies = static_cast<int>(
+      std::clamp<size_t>(kCopiesBytes / (2 * layer_elems * sizeof(__nv_bfloat16)), 1, kLaunchesPerGraph));
+
+  // Random bf16 in [-1, 1) from a small host pattern, tiled over every cache copy.
+  uint64_t state = 0x9e3779b97f4a7c15ull ^ seed;
+  auto next = [&state]() {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    return state;
+  };
+  std::vector<uint16_t> pattern(size_t(1) << 22);
+  for (uint16_t& v : pattern) v = f32_to_bf16(static_cast<float>(next() >> 40) / float(1 << 23) - 1.f);
+  Dev<__nv_bfloat16> kv(2 * size_t(copies) * layer_elems);
+  for (size_t off = 0; off < kv.n; off += pattern.size()) {
+    const size_t n = std::min(pattern.size(), kv.n - off);
+    CUDA_CHECK(cudaMemcpy(kv.p + off, pattern.data(), n * 2, cudaMemcpyHostToDevice));
+  }
+  std::vector<float> qh(size_t(batch) * n_heads * head_dim);
+  for (float& v : qh) v = static_cast<float>(next() >> 40) / float(1 << 23) - 1.f;
+  auto dq = up_bf16(qh);
+
+  // Cache blocks in a random order: block b of sequence s is perm[s * blocks_per_seq + b].
+  std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
+  for (int i = 0; i < num_blocks; ++i) perm[size_t(i)] = i;
+  for (int i = num_blocks - 1; i > 0; --i) std::swap(perm[size_t(i)], perm[next() % uint64_t(i + 1)]);
+  std::vector<int32_t> tables(size_t(batch) * max_blocks, 0), positions(size_t(batch), ctx - 1);
+  for (int s = 0; s < batch; ++s)
+    for (int b = 0; b < blocks_per_seq; ++b)
+      tables[size_t(s) * max_blocks + b] = perm[size_t(s) * blocks_per_seq + b];
+  auto dbt = up_i32(tables);
+  auto dpos = up_i32(positions);
+
+  DecodeAttentionBench r;
+  r.partition_size = decode_partition_size(batch, n_kv_heads, max_kv_len, sms);
+  r.max_partitions = CEIL_DIV(max_blocks * kBlockSize, r.partition_size);
+  r.kv_bytes = 2.0 * double(batch) * ctx * n_kv_heads * head_dim * sizeof(__nv_bfloat16);
+  Dev<__nv_bfloat16> out(size_t(batch) * n_heads * head_dim);
+  Dev<float> po(size_t(r.max_partitions) * batch * n_heads * head_dim);
+  Dev<float> pml(size_t(r.max_partitions) * batch * n_heads * 2);
+  Dev<int32_t> counters(size_t(batch) * n_kv_heads);
+  CUDA_CHECK(cudaMemset(counters.p, 0, counters.n * sizeof(int32_t)));
+  Dev<unsigned char> flush(kFlushBytes);
+  DecodeAttentionArgs a;
+  a.q = dq->p;
+  a.out = out.p;
+  a.positions = dpos->p;
+  a.block_tables = dbt->p;
+  a.max_blocks_per_seq = max_blocks;
+  a.num_tokens = batch;
+  a.n_heads = n_heads;
+  a.n_kv_heads = n_kv_heads;
+  a.head_dim = head_dim;
+  a.block_size = kBlockSize;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  a.partition_size = r.partition_size;
+  a.max_partitions = r.max_partitions;
+  a.partial_o = po.p;
+  a.partial_ml = pml.p;
+  a.counters = counters.p;
+  auto set_copy = [&](int i) {
+    a.k_cache = kv.p + 2 * size_t(i % copies) * layer_elems;
+    a.v_cache = a.k_cache + layer_elems;
+  };
+
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  set_copy(0);
+  cuda::decode_attention(a, stream);  // eager first: sets the kernel's shared-memory limit
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kLaunchesPerGraph; ++i) {
+    set_copy(i);
+    cuda::decode_attention(a, stream);
+  }
+  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t start = nullptr, stop = nullptr;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> us;
+  for (int i = 0; i < kWarmupReplays + repeats; ++i) {
+    CUDA_CHECK(cudaMemsetAsync(flush.p, i & 0xff, kFlushBytes, stream));
+    CUDA_CHECK(cudaEventRecord(start, stream));
+    CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    CUDA_CHECK(cudaEventRecord(stop, stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (i >= kWarmupReplays) us.push_back(1000.0 * ms / kLaunchesPerGraph);
+  }
+  std::sort(us.begin(), us.end());
+  r.us_median = us[us.size() / 2];
+  r.us_min = us.front();
+  r.us_max = us.back();
+  r.kv_copies = copies;
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  CUDA_CHECK(cudaStreamDestroy(stream));
+  return r;
 }
 
 }  // namespace mpserve::backend::cuda::test_api

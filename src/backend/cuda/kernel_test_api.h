@@ -67,4 +67,32 @@ struct SampleRow {
 };
 std::vector<int32_t> sample(const std::vector<float>& logits, const std::vector<SampleRow>& rows, int vocab);
 
+// ---- Decode attention (decode_attention.cu) ----
+
+// Launches decode attention once per entry of positions_per_launch (each T long) on the same
+// device buffers (q, caches, tables, out, partials, merge counters, zeroed once), out and partials
+// poisoned before each launch; returns each launch's out (T, n_heads * head_dim).
+std::vector<std::vector<float>> decode_attention_launches(const std::vector<float>& q,
+                                                          const std::vector<float>& k_cache,
+                                                          const std::vector<float>& v_cache,
+                                                          const std::vector<std::vector<int32_t>>& positions_per_launch,
+                                                          const std::vector<int32_t>& block_tables,
+                                                          int max_blocks_per_seq, int n_heads, int n_kv_heads,
+                                                          int head_dim, int block_size, int partition_size);
+
+struct DecodeAttentionBench {
+  double us_median = 0, us_min = 0, us_max = 0;  // per launch
+  double kv_bytes = 0;                           // K + V bytes one launch reads
+  int partition_size = 0;                        // decode_partition_size() on this device
+  int max_partitions = 0;
+  int kv_copies = 0;                             // cache copies the launches rotate through
+};
+// Times decode attention over `batch` sequences of `ctx` keys (random bf16 q and KV, cache blocks
+// randomly permuted, block size 16), grid and partition sized for max_kv_len as the backend
+// does. A CUDA graph of 20 launches, each on another copy of the caches where 4 GiB holds 20, is
+// replayed after an L2-evicting memset; the result is the median (and range) over `repeats`
+// replays of the time per launch, after 3 warm-up replays.
+DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,
+                                            int max_kv_len, int repeats, uint32_t seed);
+
 }  // namespace mpserve::backend::cuda::test_api

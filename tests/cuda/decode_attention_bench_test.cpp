@@ -1,0 +1,51 @@
+// Timing of the decode attention kernel alone on Qwen2.5 head shapes (DISABLED_: run on the GPU
+// machine with --gtest_also_run_disabled_tests --gtest_filter='*DecodeAttentionBench*'). Random
+// bf16 q and KV, cache blocks randomly permuted, partition as the backend picks it for
+// max_len; per launch, median of 15 replays of a 20-launch CUDA graph (L2 evicted before each
+// replay, launches rotating over cache copies). One parseable line per configuration:
+// BENCH kernel=decode_attention shape=... batch=... ctx=... max_len=... partition=... us=...
+// us_min=... us_max=... GBps=... (GBps: K + V bytes read / median time).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "backend/cuda/kernel_test_api.h"
+
+namespace mpserve {
+namespace {
+
+namespace api = backend::cuda::test_api;
+
+struct HeadShape {
+  const char* name;
+  int n_heads, n_kv_heads, head_dim;
+};
+
+struct Case {
+  int batch, ctx, max_len;
+};
+
+TEST(DecodeAttentionBench, DISABLED_qwen25_head_shapes) {
+  if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
+  const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-3b", 16, 2, 128}, {"qwen2.5-7b", 28, 4, 128}};
+  // max_len as bench offline runs it (context + output + slack), plus one 32k server setting where
+  // most of the grid's partitions exit at once.
+  const Case cases[] = {{1, 512, 2112},     {64, 128, 2112},   {64, 2048, 2112}, {256, 128, 2112},
+                        {256, 2048, 2112}, {1, 512, 32768},   {256, 2048, 32768}};
+  for (const HeadShape& h : shapes) {
+    for (const Case& c : cases) {
+      const api::DecodeAttentionBench r =
+          api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, c.batch, c.ctx, c.max_len, 15, 1234);
+      std::printf(
+          "BENCH kernel=decode_attention shape=%s batch=%d ctx=%d max_len=%d partition=%d max_partitions=%d "
+          "kv_copies=%d us=%.2f us_min=%.2f us_max=%.2f GBps=%.0f\n",
+          h.name, c.batch, c.ctx, c.max_len, r.partition_size, r.max_partitions, r.kv_copies, r.us_median, r.us_min,
+          r.us_max, r.kv_bytes / (r.us_median * 1e3));
+      std::fflush(stdout);
+      EXPECT_GT(r.us_median, 0.0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mpserve

@@ -113,10 +113,17 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   __shared__ int is_last;
 
   const int tok = blockIdx.x, kvh = blockIdx.y, part = blockIdx.z;
-  // Positions and block tables are this step's host data: readable before pdl_wait().
-  const int kv_len = a.positions[tok] + 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int P = a.partition_size;
   const int k_begin = part * P;
+  // Positions and block tables are this step's host data: readable before pdl_wait(). Lane j
+  // reads the table entry of its warp's tile j whether or not the sequence reaches it (every
+  // entry up to max_blocks_per_seq exists), so the two loads are not dependent.
+  const int lane_key = k_begin + (warp + lane * kWarps) * kTile;
+  int64_t lane_blk = 0;
+  if (lane_key < k_begin + P && lane_key < a.max_blocks_per_seq * a.block_size)
+    lane_blk = a.block_tables[static_cast<int64_t>(tok) * a.max_blocks_per_seq + lane_key / a.block_size];
+  const int kv_len = a.positions[tok] + 1;
   if (k_begin >= kv_len) {
     pdl_wait();
     return;
@@ -124,19 +131,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   const int k_end = min(kv_len, k_begin + P);
   const int num_parts = CEIL_DIV(kv_len, P);
   const int group = a.n_heads / a.n_kv_heads;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n_tiles = CEIL_DIV(k_end - k_begin, kTile);
   const int my_n = warp < n_tiles ? CEIL_DIV(n_tiles - warp, kWarps) : 0;  // warp-uniform
 
   // Lane j: element offset of this warp's tile j in either cache. A tile's 16 keys start at a
   // multiple of 16 and block_size is one, so they are 16 consecutive rows of one cache block.
-  int64_t tile_off = 0;
-  if (lane < my_n) {
-    const int key = k_begin + (warp + lane * kWarps) * kTile;
-    const int64_t blk = a.block_tables[static_cast<int64_t>(tok) * a.max_blocks_per_seq + key / a.block_size];
-    tile_off = ((blk * a.n_kv_heads + kvh) * a.block_size + key % a.block_size) * D;
-  }
+  const int64_t tile_off = ((lane_blk * a.n_kv_heads + kvh) * a.block_size + lane_key % a.block_size) * D;
 
   pdl_wait();
   pdl_trigger();

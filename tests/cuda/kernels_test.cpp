@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/kernel_test_api.h"
@@ -280,38 +281,97 @@ TEST_F(CudaKernels, decode_attention_relaunch_with_other_lengths_resets_merge_co
   }
 }
 
-// The fused GEMV against rms_norm / linear / silu_mul composed on the CPU, for every batch size
-// the decode buckets use.
-TEST_F(CudaKernels, gemv_prologues_and_epilogues_match_cpu) {
-  const int in = 896, out = 1152;
-  for (int rows : {1, 2, 4, 8}) {
-    auto res = random_vec(size_t(rows) * in, rng_);
-    auto nw = round_bf16(random_vec(in, rng_));
-    auto w = round_bf16(random_vec(size_t(2 * out) * in, rng_, 0.05f));
-    std::vector<float> normed(size_t(rows) * in);
-    cpu::rms_norm(res.data(), f32_view(nw, {in}), normed.data(), rows, in, 1e-6f);
-    normed = round_bf16(normed);
-    // RMSNorm prologue, f32 store (W: the first `out` rows).
-    std::vector<float> w1(w.begin(), w.begin() + size_t(out) * in), ref(size_t(rows) * out);
-    cpu::linear(normed.data(), f32_view(w1, {out, in}), model::TensorView{}, ref.data(), rows, pool_);
-    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormF32, res, nw, w1, {}, rows, in, out, 1e-6f), ref), kBf16Tol)
-        << "rows " << rows;
-    // RMSNorm prologue, SwiGLU epilogue over [gate; up].
+// The fused GEMV (every prologue/epilogue) against rms_norm / linear / silu_mul composed on the
+// CPU, for one shape and plan (n_tiles / warps / grid 0: the launcher's choice).
+void check_gemv(std::mt19937& rng, ThreadPool& pool, int rows, int in, int out, int n_tiles, int warps, int grid) {
+  const std::string what = "rows " + std::to_string(rows) + " in " + std::to_string(in) + " out " +
+                           std::to_string(out) + " n_tiles " + std::to_string(n_tiles) + " warps " +
+                           std::to_string(warps) + " grid " + std::to_string(grid);
+  auto res = random_vec(size_t(rows) * in, rng);
+  auto nw = round_bf16(random_vec(in, rng));
+  auto w = round_bf16(random_vec(size_t(2 * out) * in, rng, 0.05f));
+  std::vector<float> normed(size_t(rows) * in);
+  cpu::rms_norm(res.data(), f32_view(nw, {in}), normed.data(), rows, in, 1e-6f);
+  normed = round_bf16(normed);
+  // RMSNorm prologue, f32 store (W: the first `out` rows).
+  std::vector<float> w1(w.begin(), w.begin() + size_t(out) * in), ref(size_t(rows) * out);
+  cpu::linear(normed.data(), f32_view(w1, {out, in}), model::TensorView{}, ref.data(), rows, pool);
+  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormF32, res, nw, w1, {}, rows, in, out, 1e-6f, n_tiles, warps, grid),
+                    ref),
+            kBf16Tol)
+      << what;
+  // RMSNorm prologue, SwiGLU epilogue over [gate; up] (tile heights 2 and 4 only).
+  if (n_tiles != 1) {
     std::vector<float> gu(size_t(rows) * 2 * out), act(size_t(rows) * out);
-    cpu::linear(normed.data(), f32_view(w, {2 * out, in}), model::TensorView{}, gu.data(), rows, pool_);
+    cpu::linear(normed.data(), f32_view(w, {2 * out, in}), model::TensorView{}, gu.data(), rows, pool);
     cpu::silu_mul(gu.data(), act.data(), rows, out);
-    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormSwiGlu, res, nw, w, {}, rows, in, out, 1e-6f), act), kBf16Tol)
-        << "rows " << rows;
-    // bf16 input: residual-add epilogue and plain f32 store.
-    auto x = round_bf16(random_vec(size_t(rows) * in, rng_));
-    auto y0 = random_vec(size_t(rows) * out, rng_);
-    std::vector<float> lin(size_t(rows) * out);
-    cpu::linear(x.data(), f32_view(w1, {out, in}), model::TensorView{}, lin.data(), rows, pool_);
-    std::vector<float> added = y0;
-    for (size_t i = 0; i < added.size(); ++i) added[i] += lin[i];
-    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kAddF32, x, {}, w1, y0, rows, in, out, 0.f), added), 1e-4)
-        << "rows " << rows;
-    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kF32, x, {}, w1, {}, rows, in, out, 0.f), lin), 1e-4) << "rows " << rows;
+    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormSwiGlu, res, nw, w, {}, rows, in, out, 1e-6f, n_tiles, warps,
+                                grid),
+                      act),
+              kBf16Tol)
+        << what;
+  }
+  // bf16 input: residual-add epilogue and plain f32 store.
+  auto x = round_bf16(random_vec(size_t(rows) * in, rng));
+  auto y0 = random_vec(size_t(rows) * out, rng);
+  std::vector<float> lin(size_t(rows) * out);
+  cpu::linear(x.data(), f32_view(w1, {out, in}), model::TensorView{}, lin.data(), rows, pool);
+  std::vector<float> added = y0;
+  for (size_t i = 0; i < added.size(); ++i) added[i] += lin[i];
+  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kAddF32, x, {}, w1, y0, rows, in, out, 0.f, n_tiles, warps, grid), added),
+            1e-4)
+      << what;
+  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kF32, x, {}, w1, {}, rows, in, out, 0.f, n_tiles, warps, grid), lin), 1e-4)
+      << what;
+}
+
+// Every batch size 1..8 on the Qwen2.5-0.5B qkv and down shapes, with the launcher's own plan.
+TEST_F(CudaKernels, gemv_prologues_and_epilogues_match_cpu) {
+  for (int rows = 1; rows <= 8; ++rows) {
+    check_gemv(rng_, pool_, rows, 896, 1152, 0, 0, 0);
+    check_gemv(rng_, pool_, rows, 4864, 896, 0, 0, 0);
+  }
+}
+
+// Sizes that are not multiples of the tile or of a warp's share of `in` (in a multiple of 8,
+// out even), every tile height, idle warps (more warps than items), and grids smaller than the
+// tiles (blocks that loop over several tiles, prefetching across the tile boundary).
+TEST_F(CudaKernels, gemv_odd_sizes_and_forced_plans_match_cpu) {
+  struct Shape {
+    int in, out;
+  };
+  for (Shape sh : {Shape{8, 2}, Shape{40, 18}, Shape{904, 1150}, Shape{2056, 270}}) {
+    for (int rows : {1, 3, 8}) {
+      check_gemv(rng_, pool_, rows, sh.in, sh.out, 0, 0, 0);
+      for (int n_tiles : {1, 2, 4}) {
+        check_gemv(rng_, pool_, rows, sh.in, sh.out, n_tiles, 1, 1);
+        check_gemv(rng_, pool_, rows, sh.in, sh.out, n_tiles, 5, 3);
+        check_gemv(rng_, pool_, rows, sh.in, sh.out, n_tiles, 16, 0);
+      }
+    }
+  }
+}
+
+// Back-to-back GEMVs that read the residual the one before wrote and write what it read (the
+// PDL wait/trigger contract), against the same chain on the CPU.
+TEST_F(CudaKernels, gemv_chain_through_the_residual_matches_cpu) {
+  const int q = 896, h = 896, out = 1152, steps = 6;
+  for (int rows : {1, 8}) {
+    auto x = round_bf16(random_vec(size_t(rows) * q, rng_));
+    auto w_o = round_bf16(random_vec(size_t(h) * q, rng_, 0.05f));
+    auto nw = round_bf16(random_vec(h, rng_));
+    auto w_q = round_bf16(random_vec(size_t(out) * h, rng_, 0.05f));
+    auto res = random_vec(size_t(rows) * h, rng_);
+    std::vector<float> ref_res = res, delta(size_t(rows) * h), normed(size_t(rows) * h), ref(size_t(rows) * out);
+    cpu::linear(x.data(), f32_view(w_o, {h, q}), model::TensorView{}, delta.data(), rows, pool_);
+    for (int s = 0; s < steps; ++s)
+      for (size_t i = 0; i < ref_res.size(); ++i) ref_res[i] += delta[i];
+    cpu::rms_norm(ref_res.data(), f32_view(nw, {h}), normed.data(), rows, h, 1e-6f);
+    normed = round_bf16(normed);
+    cpu::linear(normed.data(), f32_view(w_q, {out, h}), model::TensorView{}, ref.data(), rows, pool_);
+    auto y = api::gemv_chain(x, w_o, res, nw, w_q, rows, q, h, out, steps, 1e-6f);
+    EXPECT_LT(rel_err(res, ref_res), 1e-4) << "rows " << rows;
+    EXPECT_LT(rel_err(y, ref), kBf16Tol) << "rows " << rows;
   }
 }
 

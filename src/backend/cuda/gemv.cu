@@ -1,119 +1,251 @@
-// note: one warp owns two weight rows (two outputs, or the gate and up rows of one SwiGLU output)
-// for every batch row, so each weight byte is read once and the reduction needs no atomics; every
-// lane streams 16-byte chunks of both rows, and the loop is unrolled so that several chunks are in
-// flight. With kRmsNorm every block recomputes the norm of the (rows <= 8, in) residual into
-// shared memory: a few KB from L2 per block against megabytes of weights.
+// note: the dot products run on tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate) with
+// the batch as the MMA's M side (rows 0..7 real, 8..15 zero) and eight weight rows as its N side.
+// Lane (g, t) of a warp loads one 16-byte chunk (8 consecutive k) of weight row g and the same
+// chunk of x row g; the MMA's logical k order is a permutation of the physical one that is the
+// same for A and B (it depends only on t), so the dot products are exact sums over the chunk.
+// One x load feeds all the weight rows of the tile: x costs rows / (8 * n_tiles) of the weight
+// traffic, and rows 1..8 cost the same MMA work (the batch rows past `rows` are zeros).
+//
+// Work split: a tile (8 * n_tiles weight rows) belongs to one block; its warps split `in` in
+// items of 4 * U chunks per lane row (U = 4 / n_tiles, so every item is four 16-byte weight loads
+// per lane) and reduce through shared memory in a fixed order (deterministic; no atomics, one
+// writer per output). Blocks loop over tiles; every warp loads its next item (possibly of the next
+// tile) before it multiplies the current one, so loads stay in flight across tile boundaries.
+//
+// PDL: the first item's weights are loaded before pdl_wait() (no kernel writes weights), so the
+// weight stream starts while the previous kernel drains; x, the residual and y are touched only
+// after it.
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/gemv.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace mpserve::backend::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
+constexpr int kMaxWarps = 16;
+constexpr int kLoads = 4;  // 16-byte weight loads per lane per work item
 
-__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
-  const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
-  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 wf = __bfloat1622float2(wp[i]);
-    const float2 xf = __bfloat1622float2(xp[i]);
-    acc = fmaf(wf.x, xf.x, acc);
-    acc = fmaf(wf.y, xf.y, acc);
-  }
-  return acc;
+// Weights: never written by a kernel, read once per step: the non-coherent path, no L1 line.
+// note: volatile keeps the loads issued where written, i.e. the first ones before pdl_wait().
+__device__ __forceinline__ uint4 ld_weight(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
 }
 
-template <int R, GemvIn IN, GemvOut OUT>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(GemvArgs a) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int in = a.in;
+// d (16x8 f32) += A (16x16 bf16) . B (16x8 bf16) with A rows 8..15 zero: a0/a2 are this lane's
+// A registers of row g, b0/b1 its B registers (column g).
+__device__ __forceinline__ void mma_rows8(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
 
-  const __nv_bfloat16* x;  // (R, in): shared memory (kRmsNorm) or global
-  if constexpr (IN == GemvIn::kRmsNorm) {
-    __shared__ float inv_s[R];
-    const float* res = static_cast<const float*>(a.x);
-    __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem);
-    for (int r = warp; r < R; r += kWarps) {
-      const float4* row = reinterpret_cast<const float4*>(res + static_cast<int64_t>(r) * in);
-      float ss = 0.f;
-      for (int i = lane; i < in / 4; i += 32) {
-        const float4 v = row[i];
-        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-      }
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) inv_s[r] = rsqrtf(ss / static_cast<float>(in) + a.eps);
-    }
-    __syncthreads();
-    const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(a.norm_w);
-    for (int idx = threadIdx.x; idx < R * (in / 4); idx += kThreads) {
-      const int r = idx / (in / 4), c = idx - r * (in / 4);
-      const float4 v = reinterpret_cast<const float4*>(res + static_cast<int64_t>(r) * in)[c];
-      const float inv = inv_s[r];
-      const float2 wa = __bfloat1622float2(w2[2 * c]);
-      const float2 wb = __bfloat1622float2(w2[2 * c + 1]);
-      __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(xs + r * in + 4 * c);
-      dst[0] = __floats2bfloat162_rn(v.x * inv * wa.x, v.y * inv * wa.y);
-      dst[1] = __floats2bfloat162_rn(v.z * inv * wb.x, v.w * inv * wb.y);
-    }
-    __syncthreads();
-    x = xs;
-  } else {
-    x = static_cast<const __nv_bfloat16*>(a.x);
-  }
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
 
+template <GemvOut OUT>
+constexpr int outputs_per_tile(int n_tiles) {
+  return OUT == GemvOut::kSwiGlu ? 4 * n_tiles : 8 * n_tiles;
+}
+
+// Dynamic shared memory: [x: rows * (in + 8) bf16, kRmsNorm only][reduction: 2 * warps * NT * 32 float2].
+size_t smem_bytes(GemvIn in_mode, int rows, int in, int warps, int n_tiles) {
+  const size_t xs = in_mode == GemvIn::kRmsNorm ? size_t(rows) * size_t(in + 8) * sizeof(__nv_bfloat16) : 0;
+  return xs + size_t(2) * warps * n_tiles * 32 * sizeof(float2);
+}
+
+template <GemvIn IN, GemvOut OUT, int NT>
+__global__ void __launch_bounds__(kMaxWarps * 32) gemv_kernel(GemvArgs a) {
+  constexpr int U = kLoads / NT;
   constexpr bool kSwiGlu = OUT == GemvOut::kSwiGlu;
-  const int units = kSwiGlu ? a.out : a.out / 2;
-  for (int u = blockIdx.x * kWarps + warp; u < units; u += gridDim.x * kWarps) {
-    const int64_t row0 = kSwiGlu ? u : 2 * u;
-    const int64_t row1 = kSwiGlu ? u + a.out : 2 * u + 1;
-    const uint4* w0 = reinterpret_cast<const uint4*>(a.w + row0 * in);
-    const uint4* w1 = reinterpret_cast<const uint4*>(a.w + row1 * in);
-    float acc0[R], acc1[R];
+  constexpr int kOut = outputs_per_tile<OUT>(NT);
+  static_assert(!kSwiGlu || NT % 2 == 0, "SwiGLU tiles pair gate and up n-tiles");
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float ss_part[kGemvMaxRows][kMaxWarps];
+  __shared__ float inv_s[kGemvMaxRows];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int rows = a.rows, in = a.in, out = a.out;
+  const int chunks = in >> 3;                    // 16-byte chunks per row
+  const int kblocks = CEIL_DIV(chunks, 4 * U);   // items along `in`
+  const int tiles = CEIL_DIV(out, kOut);
+  // note: x rows in shared memory are padded by one chunk, so the 8 rows' chunks that the lanes
+  // of a warp read together fall on different banks.
+  const int xs_stride = in + 8;
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem);
+  float2* red = reinterpret_cast<float2*>(smem + (IN == GemvIn::kRmsNorm ? size_t(rows) * xs_stride * 2 : 0));
+
+  // This lane's weight row of n-tile j of `tile`, clamped into the matrix (rows past `out` are
+  // computed and dropped).
+  auto w_row = [&](int tile, int j) {
+    int r;
+    if constexpr (kSwiGlu) {
+      const int o = min(tile * kOut + (j % (NT / 2)) * 8 + g, out - 1);
+      r = j < NT / 2 ? o : out + o;
+    } else {
+      r = min(tile * kOut + j * 8 + g, out - 1);
+    }
+    return reinterpret_cast<const uint4*>(a.w + static_cast<int64_t>(r) * in);
+  };
+  auto load_w = [&](uint4(&buf)[U][NT], int tile, int kb) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc0[r] = 0.f, acc1[r] = 0.f;
+    for (int j = 0; j < NT; ++j) {
+      const uint4* row = w_row(tile, j);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = (kb * U + u) * 4 + t;
+        buf[u][j] = c < chunks ? ld_weight(row + c) : make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  };
+
+  const int tile0 = blockIdx.x;  // grid <= tiles
+  uint4 wc[U][NT], wn[U][NT];
+  if (warp < kblocks) load_w(wc, tile0, warp);
+  pdl_trigger();
+  pdl_wait();  // x / the residual and y belong to earlier kernels
+
+  const __nv_bfloat16* xrow;  // x row g of this lane
+  if constexpr (IN == GemvIn::kRmsNorm) {
+    const float* res = static_cast<const float*>(a.x);
+    // Sum of squares: `per` warps per row, rows in rounds when there are more rows than warps.
+    const int per = max(1, nw / rows);
+    const int conc = nw / per;
+    for (int r0 = 0; r0 < rows; r0 += conc) {
+      const int r = r0 + warp / per, p = warp % per;
+      if (warp < conc * per && r < rows) {
+        const float4* row = reinterpret_cast<const float4*>(res + static_cast<int64_t>(r) * in);
+        float ss = 0.f;
 #pragma unroll 4
-    for (int c = lane; c < in / 8; c += 32) {
-      const uint4 wa = __ldg(w0 + c);
-      const uint4 wb = __ldg(w1 + c);
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const uint4 xv = *reinterpret_cast<const uint4*>(x + r * in + 8 * c);
-        acc0[r] = dot8(wa, xv, acc0[r]);
-        acc1[r] = dot8(wb, xv, acc1[r]);
+        for (int i = p * 32 + lane; i < in / 4; i += 32 * per) {
+          const float4 v = row[i];
+          ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (lane == 0) ss_part[r][p] = ss;
       }
     }
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < rows) {
+      float ss = 0.f;
+      for (int p = 0; p < per; ++p) ss += ss_part[threadIdx.x][p];
+      inv_s[threadIdx.x] = rsqrtf(ss / static_cast<float>(in) + a.eps);
+    }
+    __syncthreads();
+    const uint4* nw8 = reinterpret_cast<const uint4*>(a.norm_w);
+    for (int idx = threadIdx.x; idx < rows * chunks; idx += blockDim.x) {
+      const int r = idx / chunks, c = idx - r * chunks;
+      const float4* src = reinterpret_cast<const float4*>(res + static_cast<int64_t>(r) * in) + 2 * c;
+      const float4 v0 = src[0], v1 = src[1];
+      const uint4 wv = __ldg(nw8 + c);
+      const float inv = inv_s[r];
+      const float2 w0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&wv.x));
+      const float2 w1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&wv.y));
+      const float2 w2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&wv.z));
+      const float2 w3 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&wv.w));
+      uint4 o;
+      o.x = pack_bf16(v0.x * inv * w0.x, v0.y * inv * w0.y);
+      o.y = pack_bf16(v0.z * inv * w1.x, v0.w * inv * w1.y);
+      o.z = pack_bf16(v1.x * inv * w2.x, v1.y * inv * w2.y);
+      o.w = pack_bf16(v1.z * inv * w3.x, v1.w * inv * w3.y);
+      *reinterpret_cast<uint4*>(xs + r * xs_stride + 8 * c) = o;
+    }
+    __syncthreads();
+    xrow = xs + g * xs_stride;
+  } else {
+    xrow = static_cast<const __nv_bfloat16*>(a.x) + static_cast<int64_t>(g) * in;
+  }
+  auto load_x = [&](uint4(&buf)[U], int kb) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      for (int o = 16; o > 0; o >>= 1) {
-        acc0[r] += __shfl_xor_sync(0xffffffffu, acc0[r], o);
-        acc1[r] += __shfl_xor_sync(0xffffffffu, acc1[r], o);
+    for (int u = 0; u < U; ++u) {
+      const int c = (kb * U + u) * 4 + t;
+      buf[u] = g < rows && c < chunks ? *reinterpret_cast<const uint4*>(xrow + 8 * c) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  };
+
+  // note: x in shared memory is read right before its MMAs; x in global memory (L1/L2) is
+  // double-buffered like the weights.
+  constexpr bool kPrefetchX = IN != GemvIn::kRmsNorm;
+  uint4 xc[U], xn[U];
+  if (kPrefetchX && warp < kblocks) load_x(xc, warp);
+  int buf = 0;
+  for (int tile = tile0; tile < tiles; tile += gridDim.x, buf ^= 1) {
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int kb = warp; kb < kblocks; kb += nw) {
+      int nkb = kb + nw, ntile = tile;
+      if (nkb >= kblocks) nkb = warp, ntile += gridDim.x;
+      const bool more = ntile < tiles;
+      if (more) {
+        load_w(wn, ntile, nkb);
+        if constexpr (kPrefetchX) load_x(xn, nkb);
+      }
+      if constexpr (!kPrefetchX) load_x(xc, kb);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          mma_rows8(acc[j], xc[u].x, xc[u].y, wc[u][j].x, wc[u][j].y);
+          mma_rows8(acc[j], xc[u].z, xc[u].w, wc[u][j].z, wc[u][j].w);
+        }
+      }
+      if (more) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if constexpr (kPrefetchX) xc[u] = xn[u];
+#pragma unroll
+          for (int j = 0; j < NT; ++j) wc[u][j] = wn[u][j];
+        }
       }
     }
-    // Every lane holds the totals; lane r writes batch row r.
+    // acc[j][0..1]: batch row g, outputs 2t, 2t+1 of n-tile j (acc[j][2..3]: the zero rows).
+    float2* rb = red + buf * nw * NT * 32;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (lane != r) continue;
-      const int64_t o = static_cast<int64_t>(r) * a.out;
-      if constexpr (OUT == GemvOut::kF32) {
-        reinterpret_cast<float2*>(static_cast<float*>(a.y) + o)[u] = make_float2(acc0[r], acc1[r]);
-      } else if constexpr (OUT == GemvOut::kBf16) {
-        reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(a.y) + o)[u] =
-            __floats2bfloat162_rn(acc0[r], acc1[r]);
-      } else if constexpr (OUT == GemvOut::kAddF32) {
-        float2* y = reinterpret_cast<float2*>(static_cast<float*>(a.y) + o) + u;
-        float2 v = *y;
-        v.x += acc0[r], v.y += acc1[r];
-        *y = v;
-      } else {
-        const float g = acc0[r];
-        static_cast<__nv_bfloat16*>(a.y)[o + u] = __float2bfloat16_rn(g / (1.f + expf(-g)) * acc1[r]);
+    for (int j = 0; j < NT; ++j) rb[(warp * NT + j) * 32 + lane] = make_float2(acc[j][0], acc[j][1]);
+    __syncthreads();  // note: the next tile writes the other half of `red`, so one barrier per tile
+    constexpr int kEpi = kSwiGlu ? NT / 2 : NT;
+    if (static_cast<int>(threadIdx.x) < kEpi * 32) {
+      const int j = threadIdx.x >> 5, l = threadIdx.x & 31, r = l >> 2;
+      const int o = tile * kOut + j * 8 + 2 * (l & 3);
+      if (r < rows && o < out) {  // out is even: o + 1 < out too
+        float2 s = rb[j * 32 + l];
+        for (int w = 1; w < nw; ++w) {
+          const float2 v = rb[(w * NT + j) * 32 + l];
+          s.x += v.x, s.y += v.y;
+        }
+        const int64_t yo = static_cast<int64_t>(r) * out + o;
+        if constexpr (OUT == GemvOut::kF32) {
+          *reinterpret_cast<float2*>(static_cast<float*>(a.y) + yo) = s;
+        } else if constexpr (OUT == GemvOut::kBf16) {
+          *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(a.y) + yo) = __floats2bfloat162_rn(s.x, s.y);
+        } else if constexpr (OUT == GemvOut::kAddF32) {
+          float2* y = reinterpret_cast<float2*>(static_cast<float*>(a.y) + yo);
+          float2 v = *y;
+          v.x += s.x, v.y += s.y;
+          *y = v;
+        } else {
+          float2 up = rb[(j + NT / 2) * 32 + l];
+          for (int w = 1; w < nw; ++w) {
+            const float2 v = rb[(w * NT + j + NT / 2) * 32 + l];
+            up.x += v.x, up.y += v.y;
+          }
+          *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(a.y) + yo) =
+              __floats2bfloat162_rn(s.x / (1.f + expf(-s.x)) * up.x, s.y / (1.f + expf(-s.y)) * up.y);
+        }
       }
     }
   }
@@ -129,49 +261,103 @@ int device_sms() {
   return sms;
 }
 
-template <int R, GemvIn IN, GemvOut OUT>
-void launch(const GemvArgs& a, cudaStream_t stream) {
-  size_t smem = 0;
-  if constexpr (IN == GemvIn::kRmsNorm) {
-    smem = size_t(R) * size_t(a.in) * sizeof(__nv_bfloat16);
-    static size_t smem_set = 48 << 10;  // the default dynamic limit; raised once when needed
-    if (smem > smem_set) {
-      CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<R, IN, OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
-      smem_set = smem;
-    }
+// Blocks of `kernel` resident per SM at (threads, smem); raises the kernel's dynamic shared
+// memory limit first when needed. Cached: the decode path calls this on every launch.
+int resident_blocks(const void* kernel, int threads, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, size_t>, int> cache;
+  static std::map<const void*, size_t> smem_limit;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(kernel, threads, smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  size_t& limit = smem_limit[kernel];
+  if (limit == 0) limit = 48 << 10;  // the default dynamic limit
+  if (smem > limit) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    limit = smem;
   }
-  const int units = OUT == GemvOut::kSwiGlu ? a.out : a.out / 2;
-  const int grid = std::min(CEIL_DIV(units, kWarps), 8 * device_sms());
-  gemv_kernel<R, IN, OUT><<<grid, kThreads, smem, stream>>>(a);
-  CUDA_CHECK_LAUNCH();
+  int n = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
+  CUDA_SHAPE_CHECK(n > 0);  // the block does not fit on an SM
+  cache.emplace(key, n);
+  return n;
 }
 
-template <GemvIn IN, GemvOut OUT>
-void dispatch_rows(const GemvArgs& a, cudaStream_t stream) {
-  switch (a.rows) {
-    case 1: return launch<1, IN, OUT>(a, stream);
-    case 2: return launch<2, IN, OUT>(a, stream);
-    case 4: return launch<4, IN, OUT>(a, stream);
-    case 8: return launch<8, IN, OUT>(a, stream);
-    default: CUDA_SHAPE_CHECK(a.rows == 1 || a.rows == 2 || a.rows == 4 || a.rows == 8);
-  }
+// The grid of plan `p` (grid 0: the tiles, capped at what stays resident at once).
+template <GemvIn IN, GemvOut OUT, int NT>
+int grid_for(const GemvArgs& a, const GemvPlan& p) {
+  const size_t smem = smem_bytes(IN, a.rows, a.in, p.warps, NT);
+  const int tiles = CEIL_DIV(a.out, outputs_per_tile<OUT>(NT));
+  const int resident = resident_blocks(reinterpret_cast<const void*>(gemv_kernel<IN, OUT, NT>), p.warps * 32, smem);
+  return std::min(tiles, p.grid > 0 ? p.grid : resident * device_sms());
+}
+
+template <GemvIn IN, GemvOut OUT, int NT>
+void launch(const GemvArgs& a, const GemvPlan& p, cudaStream_t stream) {
+  const size_t smem = smem_bytes(IN, a.rows, a.in, p.warps, NT);
+  launch_kernel(gemv_kernel<IN, OUT, NT>, dim3(grid_for<IN, OUT, NT>(a, p)), dim3(p.warps * 32), smem, stream, a);
+}
+
+// Calls f.template operator()<IN, OUT, NT>() for the runtime modes and p.n_tiles.
+template <typename F>
+void dispatch(GemvIn in_mode, GemvOut out_mode, int n_tiles, F&& f) {
+  auto tiles = [&]<GemvIn IN, GemvOut OUT>() {
+    switch (n_tiles) {
+      case 1:
+        if constexpr (OUT != GemvOut::kSwiGlu) return f.template operator()<IN, OUT, 1>();
+        break;
+      case 2: return f.template operator()<IN, OUT, 2>();
+      case 4: return f.template operator()<IN, OUT, 4>();
+      default: break;
+    }
+    cuda_check_failed("gemv", __FILE__, __LINE__, "unsupported n_tiles for this epilogue");
+  };
+  // The combinations the backend uses.
+  if (in_mode == GemvIn::kRmsNorm && out_mode == GemvOut::kF32)
+    return tiles.template operator()<GemvIn::kRmsNorm, GemvOut::kF32>();
+  if (in_mode == GemvIn::kRmsNorm && out_mode == GemvOut::kSwiGlu)
+    return tiles.template operator()<GemvIn::kRmsNorm, GemvOut::kSwiGlu>();
+  if (in_mode == GemvIn::kBf16 && out_mode == GemvOut::kAddF32)
+    return tiles.template operator()<GemvIn::kBf16, GemvOut::kAddF32>();
+  if (in_mode == GemvIn::kBf16 && out_mode == GemvOut::kF32)
+    return tiles.template operator()<GemvIn::kBf16, GemvOut::kF32>();
+  cuda_check_failed("gemv", __FILE__, __LINE__, "unsupported prologue/epilogue combination");
 }
 
 }  // namespace
 
-void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream) {
+// note: the tile height trades x traffic (rows / (8 * n_tiles) of the weight bytes, from L1/L2 or
+// shared memory) against spreading small matrices over every SM: prefer 4 n-tiles at 5..8 rows,
+// 2 at 3..4, 1 at 1..2, and halve while there are fewer tiles than SMs. The warps of a block
+// split `in` into equal shares of at most kMaxWarps warps (the 0.5B shapes get one item per warp:
+// the whole matrix is requested before the kernel waits for its predecessor).
+GemvPlan gemv_plan(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int n_tiles, int warps) {
+  const bool swiglu = out_mode == GemvOut::kSwiGlu;
+  const int min_nt = swiglu ? 2 : 1;
+  const int sms = device_sms();
+  int nt = a.rows >= 5 ? 4 : a.rows >= 3 ? 2 : 1;
+  nt = std::max(nt, min_nt);
+  auto tiles = [&](int n) { return CEIL_DIV(a.out, swiglu ? 4 * n : 8 * n); };
+  while (nt > min_nt && tiles(nt) < sms) nt /= 2;
+  if (n_tiles > 0) nt = n_tiles;
+  const int u = kLoads / nt;
+  const int kblocks = CEIL_DIV(a.in / 8, 4 * u);
+  GemvPlan p;
+  p.n_tiles = nt;
+  p.warps = warps > 0 ? warps : CEIL_DIV(kblocks, CEIL_DIV(kblocks, kMaxWarps));
+  CUDA_SHAPE_CHECK(p.warps <= kMaxWarps);
+  dispatch(in_mode, out_mode, p.n_tiles, [&]<GemvIn IN, GemvOut OUT, int NT>() { p.grid = grid_for<IN, OUT, NT>(a, p); });
+  return p;
+}
+
+void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream, const GemvPlan* plan) {
   CUDA_SHAPE_CHECK(a.rows >= 1 && a.rows <= kGemvMaxRows);
   CUDA_SHAPE_CHECK(a.in > 0 && a.in % 8 == 0 && a.out > 0 && a.out % 2 == 0);
   CUDA_SHAPE_CHECK(a.x && a.w && a.y && (in_mode != GemvIn::kRmsNorm || a.norm_w));
-  CUDA_SHAPE_CHECK(in_mode != GemvIn::kRmsNorm || size_t(a.rows) * size_t(a.in) * 2 <= (200u << 10));
-  // The combinations the backend uses (each one compiled for rows 1, 2, 4, 8).
-  if (in_mode == GemvIn::kRmsNorm && out_mode == GemvOut::kF32) return dispatch_rows<GemvIn::kRmsNorm, GemvOut::kF32>(a, stream);
-  if (in_mode == GemvIn::kRmsNorm && out_mode == GemvOut::kSwiGlu)
-    return dispatch_rows<GemvIn::kRmsNorm, GemvOut::kSwiGlu>(a, stream);
-  if (in_mode == GemvIn::kBf16 && out_mode == GemvOut::kAddF32) return dispatch_rows<GemvIn::kBf16, GemvOut::kAddF32>(a, stream);
-  if (in_mode == GemvIn::kBf16 && out_mode == GemvOut::kF32) return dispatch_rows<GemvIn::kBf16, GemvOut::kF32>(a, stream);
-  cuda_check_failed("gemv", __FILE__, __LINE__, "unsupported prologue/epilogue combination");
+  GemvPlan p = plan ? *plan : gemv_plan(a, in_mode, out_mode);
+  CUDA_SHAPE_CHECK(p.warps >= 1 && p.warps <= kMaxWarps);
+  CUDA_SHAPE_CHECK(smem_bytes(in_mode, a.rows, a.in, p.warps, p.n_tiles) <= (220u << 10));
+  dispatch(in_mode, out_mode, p.n_tiles, [&]<GemvIn IN, GemvOut OUT, int NT>() { launch<IN, OUT, NT>(a, p, stream); });
 }
 
 }  // namespace mpserve::backend::cuda

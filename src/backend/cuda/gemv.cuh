@@ -1,7 +1,8 @@
 // Small-batch linear layers (decode, rows <= 8): y (rows, out) = x (rows, in) . W^T with W (out, in)
 // bf16 row-major, streaming W once at memory bandwidth. Fused prologue (RMSNorm of the f32
 // residual) and epilogues (f32/bf16 store, residual add, SwiGLU) remove the small kernels that sit
-// between the GEMMs of a decoder layer.
+// between the GEMMs of a decoder layer. Launched with programmatic dependent launch (pdl.cuh): the
+// first weight loads are issued before the kernel waits for its predecessor.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +37,21 @@ struct GemvArgs {
   int out = 0;                            // multiple of 2
 };
 
-void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream);
+// How one launch splits the work (gemv_plan picks it from the shape; the benchmark may force one).
+// A tile is 8 * n_tiles weight rows (kSwiGlu: 4 * n_tiles outputs, half gate rows, half up rows);
+// the `warps` warps of a block split `in` and reduce in shared memory; `grid` blocks loop over
+// the tiles.
+struct GemvPlan {
+  int n_tiles = 0;  // 1, 2 or 4 (kSwiGlu: 2 or 4)
+  int warps = 0;    // 1..16
+  int grid = 0;     // filled in by gemv_plan / gemv
+};
+
+// n_tiles / warps > 0 force those values (benchmark sweeps); the grid is always filled in.
+GemvPlan gemv_plan(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int n_tiles = 0, int warps = 0);
+
+// plan: nullptr = gemv_plan's choice; a plan with grid 0 gets its grid computed.
+void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream,
+          const GemvPlan* plan = nullptr);
 
 }  // namespace mpserve::backend::cuda

@@ -11,6 +11,7 @@
 #include "backend/cuda/embedding.cuh"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/qkv_rope.cuh"
 #include "backend/cuda/rms_norm.cuh"
 #include "backend/cuda/sampler.cuh"
@@ -209,9 +210,11 @@ std::vector<float> decode_attention(const std::vector<float>& q, const std::vect
                                    n_kv_heads, head_dim, block_size, partition_size)[0];
 }
 
+// ---- Small-batch GEMV (gemv.cu): the kernel, its plan, benchmarks ----
+
 std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::vector<float>& norm_w,
                         const std::vector<float>& w, const std::vector<float>& y_init, int rows, int in, int out,
-                        float eps) {
+                        float eps, int n_tiles, int warps, int grid) {
   const bool norm = mode == GemvMode::kNormF32 || mode == GemvMode::kNormSwiGlu;
   std::unique_ptr<Dev<float>> x_f32(norm ? up_f32(x) : nullptr);
   std::unique_ptr<Dev<__nv_bfloat16>> x_bf16 = norm ? nullptr : up_bf16(x);
@@ -225,19 +228,223 @@ std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::v
   a.rows = rows;
   a.in = in;
   a.out = out;
+  const GemvIn im = norm ? GemvIn::kRmsNorm : GemvIn::kBf16;
+  const GemvOut om = mode == GemvMode::kNormSwiGlu ? GemvOut::kSwiGlu
+                     : mode == GemvMode::kAddF32   ? GemvOut::kAddF32
+                                                   : GemvOut::kF32;
+  GemvPlan plan = gemv_plan(a, im, om, n_tiles, warps);
+  if (grid > 0) plan.grid = grid;
   if (mode == GemvMode::kNormSwiGlu) {
     Dev<__nv_bfloat16> y(size_t(rows) * size_t(out));
     y.poison();
     a.y = y.p;
-    cuda::gemv(a, GemvIn::kRmsNorm, GemvOut::kSwiGlu, 0);
+    cuda::gemv(a, im, om, 0, &plan);
     return down_bf16(y);
   }
   std::unique_ptr<Dev<float>> y(mode == GemvMode::kAddF32 ? up_f32(y_init) : new Dev<float>(size_t(rows) * size_t(out)));
   if (mode != GemvMode::kAddF32) y->poison();
   a.y = y->p;
-  cuda::gemv(a, norm ? GemvIn::kRmsNorm : GemvIn::kBf16, mode == GemvMode::kAddF32 ? GemvOut::kAddF32 : GemvOut::kF32, 0);
+  cuda::gemv(a, im, om, 0, &plan);
   return down_f32(*y);
 }
+
+std::vector<float> gemv_chain(const std::vector<float>& x, const std::vector<float>& w_o, std::vector<float>& residual,
+                              const std::vector<float>& norm_w, const std::vector<float>& w_q, int rows, int q, int h,
+                              int out, int steps, float eps) {
+  auto dx = up_bf16(x);
+  auto dwo = up_bf16(w_o);
+  auto dnw = up_bf16(norm_w);
+  auto dwq = up_bf16(w_q);
+  std::unique_ptr<Dev<float>> res(up_f32(residual));
+  Dev<float> y(size_t(rows) * size_t(out));
+  y.poison();
+  cudaStream_t s = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  GemvArgs o;
+  o.x = dx->p, o.w = dwo->p, o.y = res->p, o.rows = rows, o.in = q, o.out = h;
+  GemvArgs n;
+  n.x = res->p, n.norm_w = dnw->p, n.eps = eps, n.w = dwq->p, n.y = y.p, n.rows = rows, n.in = h, n.out = out;
+  for (int i = 0; i < steps; ++i) {
+    cuda::gemv(o, GemvIn::kBf16, GemvOut::kAddF32, s);
+    cuda::gemv(n, GemvIn::kRmsNorm, GemvOut::kF32, s);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  CUDA_CHECK(cudaStreamDestroy(s));
+  residual = down_f32(*res);
+  return down_f32(y);
+}
+
+namespace {
+
+// note: 256 MiB of weight copies per graph replay is several times any Hopper L2 (50-60 MiB), so
+// every launch streams its weights from HBM as a decode step does.
+constexpr size_t kBenchRotateBytes = size_t{256} << 20;
+constexpr size_t kBenchWorkspaceBytes = size_t{32} << 20;  // the backend's cuBLASLt workspace
+
+// Captures enqueue() on a fresh stream into a graph (after one eager run that creates plans and
+// caches), replays it `repeats` times after 3 warm-ups, and returns the replay times (ms), sorted.
+template <typename F>
+std::vector<float> time_graph(F&& enqueue, int repeats) {
+  cudaStream_t s = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  enqueue(s);
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t ge = nullptr;
+  CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  enqueue(s);
+  CUDA_CHECK(cudaStreamEndCapture(s, &g));
+  CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  for (int i = 0; i < 3; ++i) CUDA_CHECK(cudaGraphLaunch(ge, s));
+  std::vector<float> ms;
+  for (int i = 0; i < repeats; ++i) {
+    CUDA_CHECK(cudaEventRecord(e0, s));
+    CUDA_CHECK(cudaGraphLaunch(ge, s));
+    CUDA_CHECK(cudaEventRecord(e1, s));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t);
+  }
+  CUDA_CHECK(cudaEventDestroy(e0));
+  CUDA_CHECK(cudaEventDestroy(e1));
+  CUDA_CHECK(cudaGraphExecDestroy(ge));
+  CUDA_CHECK(cudaGraphDestroy(g));
+  CUDA_CHECK(cudaStreamDestroy(s));
+  std::sort(ms.begin(), ms.end());
+  return ms;
+}
+
+void fill_times(GemvBench& b, const std::vector<float>& ms, int per_replay) {
+  b.us_median = 1e3 * ms[ms.size() / 2] / per_replay;
+  b.us_min = 1e3 * ms.front() / per_replay;
+  b.us_max = 1e3 * ms.back() / per_replay;
+}
+
+// Small finite values everywhere (timing does not depend on them): bytes 0x3A make bf16
+// 7.1e-4 and f32 7.1e-4; 0x3F makes bf16 0.75 (norm weights).
+template <typename T>
+void fill(Dev<T>& d, int byte) {
+  CUDA_CHECK(cudaMemset(d.p, byte, std::max<size_t>(d.n, 1) * sizeof(T)));
+}
+
+}  // namespace
+
+GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int repeats, int n_tiles, int warps) {
+  const bool norm = mode == GemvMode::kNormF32 || mode == GemvMode::kNormSwiGlu;
+  const bool swiglu = mode == GemvMode::kNormSwiGlu;
+  const size_t w_elems = size_t(swiglu ? 2 * out : out) * size_t(in);
+  GemvBench b;
+  b.weight_bytes = double(w_elems) * 2;
+  b.copies = static_cast<int>(std::max<size_t>(2, CEIL_DIV(kBenchRotateBytes, w_elems * 2)));
+  b.launches = std::max(b.copies, 8);
+  Dev<__nv_bfloat16> w(w_elems * size_t(b.copies));
+  fill(w, 0x3A);
+  Dev<float> x_f32(size_t(rows) * in), y_f32(size_t(rows) * (swiglu ? 2 * out : out));
+  Dev<__nv_bfloat16> x_bf16(size_t(rows) * in), y_bf16(size_t(rows) * (swiglu ? 2 * out : out)), nw(in);
+  fill(x_f32, 0x3A);
+  fill(x_bf16, 0x3A);
+  fill(nw, 0x3F);
+  fill(y_f32, 0);
+  fill(y_bf16, 0);
+  Dev<unsigned char> ws(cublas ? kBenchWorkspaceBytes : 0);
+  std::unique_ptr<Gemm> gemm = cublas ? std::make_unique<Gemm>(ws.p, ws.n) : nullptr;
+  GemvArgs a;
+  a.x = norm ? static_cast<const void*>(x_f32.p) : static_cast<const void*>(x_bf16.p);
+  a.norm_w = nw.p;
+  a.eps = 1e-6f;
+  a.y = swiglu ? static_cast<void*>(y_bf16.p) : static_cast<void*>(y_f32.p);
+  a.rows = rows;
+  a.in = in;
+  a.out = out;
+  const GemvIn im = norm ? GemvIn::kRmsNorm : GemvIn::kBf16;
+  const GemvOut om = swiglu ? GemvOut::kSwiGlu : mode == GemvMode::kAddF32 ? GemvOut::kAddF32 : GemvOut::kF32;
+  GemvPlan plan;
+  if (!cublas) {
+    a.w = w.p;
+    plan = gemv_plan(a, im, om, n_tiles, warps);
+    b.n_tiles = plan.n_tiles, b.warps = plan.warps, b.grid = plan.grid;
+  }
+  auto enqueue = [&](cudaStream_t s) {
+    for (int i = 0; i < b.launches; ++i) {
+      const __nv_bfloat16* wi = w.p + w_elems * size_t(i % b.copies);
+      if (cublas) {
+        gemm->linear(x_bf16.p, wi, swiglu ? static_cast<void*>(y_bf16.p) : static_cast<void*>(y_f32.p), !swiglu, rows,
+                     in, swiglu ? 2 * out : out, s);
+      } else {
+        a.w = wi;
+        cuda::gemv(a, im, om, s, &plan);
+      }
+    }
+  };
+  fill_times(b, time_graph(enqueue, repeats), b.launches);
+  return b;
+}
+
+GemvBench layer_chain_bench(bool fused, int rows, int hidden, int q_dim, int kv_dim, int inter, int layers,
+                            int repeats) {
+  const int h = hidden, qkv = q_dim + 2 * kv_dim;
+  const size_t n_qkv = size_t(qkv) * h, n_o = size_t(h) * q_dim, n_gu = size_t(2 * inter) * h,
+               n_down = size_t(h) * inter;
+  GemvBench b;
+  b.weight_bytes = double(n_qkv + n_o + n_gu + n_down) * 2;
+  b.copies = layers;
+  b.launches = layers * (fused ? 4 : 7);
+  // Per layer: weights (L, ...) and norm weights (L, h).
+  Dev<__nv_bfloat16> w_qkv(n_qkv * layers), w_o(n_o * layers), w_gu(n_gu * layers), w_down(n_down * layers);
+  Dev<__nv_bfloat16> norm1(size_t(h) * layers), norm2(size_t(h) * layers);
+  fill(w_qkv, 0x3A), fill(w_o, 0x3A), fill(w_gu, 0x3A), fill(w_down, 0x3A), fill(norm1, 0x3F), fill(norm2, 0x3F);
+  // Activations: residual, delta f32 (rows, h); hnorm bf16 (rows, h); qkv f32 (rows, qkv); attn
+  // bf16 (rows, q) stands in for attention's output; gate_up bf16 (rows, 2I); act bf16 (rows, I).
+  Dev<float> residual(size_t(rows) * h), delta(size_t(rows) * h), qkv_out(size_t(rows) * qkv);
+  Dev<__nv_bfloat16> hnorm(size_t(rows) * h), attn(size_t(rows) * q_dim), gate_up(size_t(rows) * 2 * inter),
+      act(size_t(rows) * inter);
+  fill(residual, 0x3A), fill(delta, 0), fill(attn, 0x3A), fill(act, 0x3A);
+  Dev<unsigned char> ws(fused ? 0 : kBenchWorkspaceBytes);
+  std::unique_ptr<Gemm> gemm = fused ? nullptr : std::make_unique<Gemm>(ws.p, ws.n);
+  const float eps = 1e-6f;
+  auto enqueue = [&](cudaStream_t s) {
+    for (int l = 0; l < layers; ++l) {
+      const __nv_bfloat16* wq = w_qkv.p + n_qkv * l;
+      const __nv_bfloat16* wo = w_o.p + n_o * l;
+      const __nv_bfloat16* wg = w_gu.p + n_gu * l;
+      const __nv_bfloat16* wd = w_down.p + n_down * l;
+      const __nv_bfloat16* n1 = norm1.p + size_t(h) * l;
+      const __nv_bfloat16* n2 = norm2.p + size_t(h) * l;
+      if (fused) {
+        GemvArgs g;
+        g.rows = rows;
+        g.eps = eps;
+        auto call = [&](const void* x, const __nv_bfloat16* nw, const __nv_bfloat16* w, void* y, int in, int out,
+                        GemvIn im, GemvOut om) {
+          g.x = x, g.norm_w = nw, g.w = w, g.y = y, g.in = in, g.out = out;
+          cuda::gemv(g, im, om, s);
+        };
+        call(residual.p, n1, wq, qkv_out.p, h, qkv, GemvIn::kRmsNorm, GemvOut::kF32);
+        call(attn.p, nullptr, wo, residual.p, q_dim, h, GemvIn::kBf16, GemvOut::kAddF32);
+        call(residual.p, n2, wg, act.p, h, inter, GemvIn::kRmsNorm, GemvOut::kSwiGlu);
+        call(act.p, nullptr, wd, residual.p, inter, h, GemvIn::kBf16, GemvOut::kAddF32);
+      } else {
+        cuda::add_rms_norm(residual.p, l > 0 ? delta.p : nullptr, n1, hnorm.p, nullptr, rows, h, eps, s);
+        gemm->linear(hnorm.p, wq, qkv_out.p, true, rows, h, qkv, s);
+        gemm->linear(attn.p, wo, delta.p, true, rows, q_dim, h, s);
+        cuda::add_rms_norm(residual.p, delta.p, n2, hnorm.p, nullptr, rows, h, eps, s);
+        gemm->linear(hnorm.p, wg, gate_up.p, false, rows, h, 2 * inter, s);
+        cuda::silu_mul(gate_up.p, act.p, rows, inter, s);
+        gemm->linear(act.p, wd, delta.p, true, rows, inter, h, s);
+      }
+    }
+  };
+  fill_times(b, time_graph(enqueue, repeats), layers);
+  return b;
+}
+
+bool pdl_enabled() { return cuda::pdl_enabled(); }
+
+// ---- end of the GEMV block ----
 
 std::vector<int32_t> argmax(const std::vector<float>& logits, int rows, int vocab) {
   std::unique_ptr<Dev<float>> dl(up_f32(logits));

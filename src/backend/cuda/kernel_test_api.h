@@ -49,13 +49,52 @@ std::vector<float> decode_attention(const std::vector<float>& q, const std::vect
                                     const std::vector<int32_t>& block_tables, int max_blocks_per_seq, int n_heads,
                                     int n_kv_heads, int head_dim, int block_size, int partition_size);
 
+// ---- Small-batch GEMV (gemv.cu): the kernel, its plan, benchmarks ----
+
 // The fused small-batch GEMV (gemv.cuh). x: bf16 values (rows, in) for kBf16 input, f32 residual
 // (rows, in) for kRmsNorm; y_init: the f32 residual (rows, out) for the kAddF32 epilogue, else
-// ignored. Returns y as f32 (rows, out).
+// ignored. Returns y as f32 (rows, out). n_tiles / warps / grid > 0 force the launch's plan (so a
+// test reaches every tile height and blocks that loop over several tiles).
 enum class GemvMode { kNormF32, kNormSwiGlu, kAddF32, kF32 };
 std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::vector<float>& norm_w,
                         const std::vector<float>& w, const std::vector<float>& y_init, int rows, int in, int out,
-                        float eps);
+                        float eps, int n_tiles = 0, int warps = 0, int grid = 0);
+
+// PDL ordering through the residual: `steps` times residual += x . w_o^T (kBf16 -> kAddF32), then
+// y = rmsnorm(residual) . w_q^T (kRmsNorm -> kF32), back to back on one stream (each launch
+// reads what the one before wrote, or writes what it read). residual: (rows, h) in, updated;
+// returns y (rows, out) of the last step.
+std::vector<float> gemv_chain(const std::vector<float>& x, const std::vector<float>& w_o, std::vector<float>& residual,
+                              const std::vector<float>& norm_w, const std::vector<float>& w_q, int rows, int q, int h,
+                              int out, int steps, float eps);
+
+struct GemvBench {
+  double us_median = 0, us_min = 0, us_max = 0;  // per launch (per layer for layer_chain_bench)
+  double weight_bytes = 0;                        // weight bytes one launch (layer) reads
+  int n_tiles = 0, warps = 0, grid = 0;           // the GEMV's plan (0 for cuBLASLt)
+  int copies = 0;                                 // weight copies the launches rotate through
+  int launches = 0;                               // launches per graph replay
+};
+
+// One decode linear at `rows`: the fused GEMV with `mode`'s prologue/epilogue (plan forced where
+// n_tiles / warps > 0), or, with cublas, the cuBLASLt linear on the same matrix (bf16 x; f32 y, or
+// bf16 y of 2*out rows for kNormSwiGlu) without the norm / SiLU / add kernels the GEMV fuses.
+// A CUDA graph of launches rotating over weight copies (>= 256 MiB in all: no copy stays in L2),
+// replayed `repeats` times after a warm-up; median, min and max of the time per launch.
+GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int repeats, int n_tiles = 0,
+                     int warps = 0);
+
+// `layers` decoder layers without attention, captured in one CUDA graph, each with its own
+// weights: fused (RMSNorm+qkv GEMV, o GEMV+add, RMSNorm+gate_up+SwiGLU GEMV, down GEMV+add: 4
+// launches) or cuBLASLt (add_rms_norm, qkv, o, add_rms_norm, gate_up, silu_mul, down: 7 launches).
+// Median (min, max) time per layer over `repeats` replays.
+GemvBench layer_chain_bench(bool fused, int rows, int hidden, int q_dim, int kv_dim, int inter, int layers,
+                            int repeats);
+
+// Whether launches use programmatic dependent launch (MPSERVE_CUDA_PDL, read once per process).
+bool pdl_enabled();
+
+// ---- end of the GEMV block ----
 
 std::vector<int32_t> argmax(const std::vector<float>& logits, int rows, int vocab);
 

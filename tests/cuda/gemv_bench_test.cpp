@@ -1,0 +1,111 @@
+// Timing of the small-batch GEMV (gemv.cu) against cuBLASLt on the decode linears of Qwen2.5
+// 0.5B / 3B / 7B at batch 1, 4, 8, and of a chain of attention-less decoder layers in one CUDA
+// graph (fused GEMV path vs the cuBLASLt path). DISABLED_: run on the GPU machine with
+//   test_cuda --gtest_also_run_disabled_tests --gtest_filter='*GemvBench*'
+// and once more with MPSERVE_CUDA_PDL=0 for the launches without programmatic dependent launch.
+// One parseable line per measurement:
+//   BENCH kernel=... shape=... rows=... us=... GBps=... (spread, plan, pdl)
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "backend/cuda/kernel_test_api.h"
+
+namespace mpserve {
+namespace {
+
+namespace api = backend::cuda::test_api;
+
+struct ModelShape {
+  const char* name;
+  int hidden, q_dim, kv_dim, inter;
+};
+constexpr ModelShape kShapes[] = {
+    {"0.5b", 896, 896, 128, 4864},
+    {"3b", 2048, 2048, 256, 11008},
+    {"7b", 3584, 3584, 512, 18944},
+};
+constexpr int kVocab = 151936;
+constexpr int kRepeats = 50;
+
+void print(const char* kernel, const std::string& shape, int rows, const api::GemvBench& b) {
+  std::printf(
+      "BENCH kernel=%s shape=%s rows=%d us=%.2f GBps=%.0f us_min=%.2f us_max=%.2f n_tiles=%d warps=%d grid=%d "
+      "launches=%d pdl=%d\n",
+      kernel, shape.c_str(), rows, b.us_median, b.weight_bytes / (b.us_median * 1e3), b.us_min, b.us_max, b.n_tiles,
+      b.warps, b.grid, b.launches, api::pdl_enabled() ? 1 : 0);
+  std::fflush(stdout);
+}
+
+class GemvBench : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+// Each decode linear alone: the fused GEMV (its prologue/epilogue included) vs the cuBLASLt GEMM
+// of the same matrix (the norm / SiLU / add kernels it would need are not counted).
+TEST_F(GemvBench, DISABLED_linears_vs_cublaslt) {
+  for (const ModelShape& m : kShapes) {
+    struct Linear {
+      const char* name;
+      api::GemvMode mode;
+      int in, out;
+    };
+    const Linear linears[] = {
+        {"qkv", api::GemvMode::kNormF32, m.hidden, m.q_dim + 2 * m.kv_dim},
+        {"o", api::GemvMode::kAddF32, m.q_dim, m.hidden},
+        {"gate_up", api::GemvMode::kNormSwiGlu, m.hidden, m.inter},
+        {"down", api::GemvMode::kAddF32, m.inter, m.hidden},
+        {"lm_head", api::GemvMode::kNormF32, m.hidden, kVocab},
+    };
+    for (const Linear& l : linears) {
+      const std::string shape = std::string(m.name) + "_" + l.name + "_" + std::to_string(l.in) + "x" +
+                                std::to_string(l.mode == api::GemvMode::kNormSwiGlu ? 2 * l.out : l.out);
+      for (int rows : {1, 4, 8}) {
+        print("gemv", shape, rows, api::gemv_bench(l.mode, false, rows, l.in, l.out, kRepeats));
+        print("cublaslt", shape, rows, api::gemv_bench(l.mode, true, rows, l.in, l.out, kRepeats));
+      }
+    }
+  }
+}
+
+// Tile height and warps per block around the launcher's choice, for retuning gemv_plan.
+TEST_F(GemvBench, DISABLED_plan_sweep) {
+  for (const ModelShape& m : {kShapes[0], kShapes[2]}) {
+    const std::string qkv = std::string(m.name) + "_qkv";
+    const std::string down = std::string(m.name) + "_down";
+    for (int rows : {1, 8}) {
+      for (int n_tiles : {1, 2, 4}) {
+        for (int warps : {4, 8, 16}) {
+          print("gemv_sweep", qkv, rows,
+                api::gemv_bench(api::GemvMode::kNormF32, false, rows, m.hidden, m.q_dim + 2 * m.kv_dim, kRepeats,
+                                n_tiles, warps));
+          print("gemv_sweep", down, rows,
+                api::gemv_bench(api::GemvMode::kAddF32, false, rows, m.inter, m.hidden, kRepeats, n_tiles, warps));
+        }
+      }
+    }
+  }
+}
+
+// Layers without attention back to back in one graph: with PDL the GEMVs' weight streams start
+// while the kernel before drains (compare the pdl=1 and pdl=0 runs); per-layer time and the
+// layer's weight bytes / time.
+TEST_F(GemvBench, DISABLED_layer_chain_fused_vs_cublaslt) {
+  constexpr int kLayers = 6;  // 24 launches on the fused path
+  for (const ModelShape& m : kShapes) {
+    for (int rows : {1, 4, 8}) {
+      const std::string shape = std::string(m.name) + "_layer_x" + std::to_string(kLayers);
+      print("chain_gemv", shape, rows,
+            api::layer_chain_bench(true, rows, m.hidden, m.q_dim, m.kv_dim, m.inter, kLayers, kRepeats));
+      print("chain_cublaslt", shape, rows,
+            api::layer_chain_bench(false, rows, m.hidden, m.q_dim, m.kv_dim, m.inter, kLayers, kRepeats));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mpserve

@@ -223,12 +223,15 @@ class CudaBackend final : public Backend {
   mutable bool profiling_ = false;
   // Decode steps of at most this many rows take the fused GEMV path (0 = never); tunable by
   // MPSERVE_CUDA_GEMV_MAX_ROWS so the benchmark can compare both paths in one run.
-  // note: off by default: on an H200 (0.5B shape) it measured slower than cuBLASLt — batch 1
-  // 1.26 vs 1.12 ms/step, batch 8 2.26 vs 1.22 ms/step (docs/results/cuda_backend.md).
+  // note: on by default for every decode bucket up to kGemvMaxRows since the tensor-core GEMV
+  // (one x load per 8..32 weight rows, whole 0.5B matrices in flight before the PDL wait) and
+  // 4 instead of 7 launches per layer. Not yet measured on a GPU: the CUDA-core GEMV it replaces
+  // lost to cuBLASLt on an H200, 0.5B batch 1 1.26 vs 1.12 ms/step, batch 8 2.26 vs 1.22
+  // (docs/results/cuda_backend.md); A/B with MPSERVE_CUDA_GEMV_MAX_ROWS=0.
   int gemv_max_rows_ = gemv_max_rows_from_env();
   static int gemv_max_rows_from_env() {
     auto v = env::get(env::kCudaGemvMaxRows);
-    if (!v) return 0;
+    if (!v) return kGemvMaxRows;
     int n = std::atoi(v->c_str());
     return n < 0 ? 0 : (n > kGemvMaxRows ? kGemvMaxRows : n);
   }

@@ -75,6 +75,8 @@ struct StagingLayout {
 
 struct LayerDev {
   __nv_bfloat16* input_norm = nullptr;  // (H)
+  // note: q and k rows (and bias entries) of qkv in the RoPE pair layout (qkv_rope.cuh), so the
+  // fused GEMV rotates pairs in its accumulator registers; every path reads this one copy.
   __nv_bfloat16* qkv = nullptr;         // (Q + 2K, H) q_proj, k_proj, v_proj stacked
   __nv_bfloat16* qkv_bias = nullptr;    // (Q + 2K) or null
   __nv_bfloat16* q_norm = nullptr;      // (D) or null
@@ -182,7 +184,7 @@ class CudaBackend final : public Backend {
   float* residual_ = nullptr;           // (T, H) f32 residual stream
   float* delta_ = nullptr;              // (T, H) f32 output of the last block, not yet added
   __nv_bfloat16* hnorm_ = nullptr;      // (T, H) normed block input
-  float* qkv_ = nullptr;                // (T, Q + 2K) f32
+  float* qkv_ = nullptr;                // (T, Q + 2K) f32, q and k in the RoPE pair layout
   __nv_bfloat16* q_ = nullptr;          // (T, Q) roped queries
   __nv_bfloat16* attn_ = nullptr;       // (T, Q)
   __nv_bfloat16* gate_up_ = nullptr;    // (T, 2I)
@@ -287,13 +289,13 @@ void CudaBackend::upload_weights() {
     d.input_norm = mem_.alloc<__nv_bfloat16>(size_t(h));
     up.copy(d.input_norm, lw.input_norm);
     d.qkv = mem_.alloc<__nv_bfloat16>(size_t((q + 2 * k) * h));
-    up.copy(d.qkv, lw.q_proj);
-    up.copy(d.qkv + q * h, lw.k_proj);
+    up.copy(d.qkv, lw.q_proj, c_.head_dim);
+    up.copy(d.qkv + q * h, lw.k_proj, c_.head_dim);
     up.copy(d.qkv + (q + k) * h, lw.v_proj);
     if (!lw.q_bias.empty() || !lw.k_bias.empty() || !lw.v_bias.empty()) {
       d.qkv_bias = mem_.alloc<__nv_bfloat16>(size_t(q + 2 * k));
-      up.copy_or_zero(d.qkv_bias, lw.q_bias, q);
-      up.copy_or_zero(d.qkv_bias + q, lw.k_bias, k);
+      up.copy_or_zero(d.qkv_bias, lw.q_bias, q, c_.head_dim);
+      up.copy_or_zero(d.qkv_bias + q, lw.k_bias, k, c_.head_dim);
       up.copy_or_zero(d.qkv_bias + q + k, lw.v_bias, k);
     }
     if (!lw.q_norm.empty()) {

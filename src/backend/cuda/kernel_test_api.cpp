@@ -68,6 +68,21 @@ std::vector<float> down_f32(const Dev<float>& d) {
   return out;
 }
 
+// m as (outer, n_items, item_len) with items [0, pair_items) (the q and k heads) reordered into the
+// RoPE pair layout of qkv_rope.cuh, as the backend's uploader reorders the qkv weight and bias.
+std::vector<float> rope_pair_order(const std::vector<float>& m, int64_t n_items, int64_t item_len,
+                                   int64_t pair_items, int64_t head_dim) {
+  std::vector<float> out(m.size());
+  const size_t stride = size_t(n_items * item_len);
+  for (size_t o = 0; o < m.size(); o += stride)
+    for (int64_t i = 0; i < n_items; ++i) {
+      const int64_t src = i < pair_items ? rope_pair_source(i, head_dim) : i;
+      std::copy_n(m.begin() + std::ptrdiff_t(o + size_t(src * item_len)), item_len,
+                  out.begin() + std::ptrdiff_t(o + size_t(i * item_len)));
+    }
+  return out;
+}
+
 }  // namespace
 
 bool gpu_available() {
@@ -125,8 +140,9 @@ QkvRopeOut qkv_rope(const std::vector<float>& qkv, const std::vector<float>& bia
                     const std::vector<float>& k_norm, const std::vector<float>& inv_freq,
                     const std::vector<int32_t>& positions, const std::vector<int32_t>& slots, int num_blocks,
                     int n_heads, int n_kv_heads, int head_dim, int block_size, float eps) {
-  std::unique_ptr<Dev<float>> dqkv(up_f32(qkv)), dinv(up_f32(inv_freq));
-  auto dbias = bias.empty() ? nullptr : up_bf16(bias);
+  const int64_t width = int64_t(n_heads + 2 * n_kv_heads) * head_dim, pairs = int64_t(n_heads + n_kv_heads) * head_dim;
+  std::unique_ptr<Dev<float>> dqkv(up_f32(rope_pair_order(qkv, width, 1, pairs, head_dim))), dinv(up_f32(inv_freq));
+  auto dbias = bias.empty() ? nullptr : up_bf16(rope_pair_order(bias, width, 1, pairs, head_dim));
   auto dqn = q_norm.empty() ? nullptr : up_bf16(q_norm);
   auto dkn = k_norm.empty() ? nullptr : up_bf16(k_norm);
   auto dpos = up_i32(positions);

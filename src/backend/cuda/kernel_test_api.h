@@ -30,6 +30,8 @@ struct QkvRopeOut {
   std::vector<float> k_cache;  // (num_blocks, n_kv_heads, block_size, D)
   std::vector<float> v_cache;
 };
+// qkv (T, Q + 2K) and bias in natural order; the call puts q and k in the RoPE pair layout the
+// kernel reads (qkv_rope.cuh).
 QkvRopeOut qkv_rope(const std::vector<float>& qkv, const std::vector<float>& bias, const std::vector<float>& q_norm,
                     const std::vector<float>& k_norm, const std::vector<float>& inv_freq,
                     const std::vector<int32_t>& positions, const std::vector<int32_t>& slots, int num_blocks,

@@ -7,8 +7,9 @@ namespace {
 
 constexpr int kWarps = 4;
 
-// One block per token, one warp per head (round robin). Lane l holds elements l + 32*j of the
-// head, so the rotate-half partner (i + D/2) of every element sits in the same lane.
+// One block per token, one warp per head (round robin). Lane l holds dims l + 32*j of the head,
+// so the rotate-half partner (i + D/2) of every dim sits in the same lane; q and k arrive in the
+// pair layout (qkv_rope.cuh), where the pair of dim i is the float2 at column 2i.
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32) qkv_rope_kernel(QkvRopeArgs a) {
   constexpr int kPer = D / 32;
@@ -26,15 +27,26 @@ __global__ void __launch_bounds__(kWarps * 32) qkv_rope_kernel(QkvRopeArgs a) {
   const int slot = a.slot_mapping[t];
   for (int h = warp; h < total_heads; h += kWarps) {
     const int base = h * D;  // column of the head inside [q | k | v]
-    float x[kPer];
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      x[j] = row[base + lane + 32 * j];
-      if (a.bias) x[j] += __bfloat162float(a.bias[base + lane + 32 * j]);
-    }
     const bool is_q = h < a.n_heads;
     const bool is_v = h >= a.n_heads + a.n_kv_heads;
-    if (!is_v) {
+    float x[kPer];  // x[j]: dim lane + 32 * j
+    if (is_v) {
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) {
+        x[j] = row[base + lane + 32 * j];
+        if (a.bias) x[j] += __bfloat162float(a.bias[base + lane + 32 * j]);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kHalf; ++j) {
+        const int c = base + 2 * (lane + 32 * j);  // the pair (dim i, dim i + D/2), i = lane + 32 * j
+        const float2 v = *reinterpret_cast<const float2*>(row + c);
+        x[j] = v.x, x[j + kHalf] = v.y;
+        if (a.bias) {
+          const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(a.bias + c));
+          x[j] += b.x, x[j + kHalf] += b.y;
+        }
+      }
       const __nv_bfloat16* nw = is_q ? a.q_norm : a.k_norm;
       if (nw) {
         float ss = 0.f;
@@ -47,12 +59,8 @@ __global__ void __launch_bounds__(kWarps * 32) qkv_rope_kernel(QkvRopeArgs a) {
       }
 #pragma unroll
       for (int j = 0; j < kHalf; ++j) {
-        const int i = lane + 32 * j;  // i < D/2
-        float s, c;
-        sincosf(static_cast<float>(pos) * a.inv_freq[i], &s, &c);
-        const float x1 = x[j], x2 = x[j + kHalf];
-        x[j] = x1 * c - x2 * s;
-        x[j + kHalf] = x2 * c + x1 * s;
+        const float2 y = rope_rotate(x[j], x[j + kHalf], pos, a.inv_freq[lane + 32 * j]);
+        x[j] = y.x, x[j + kHalf] = y.y;
       }
     }
     if (is_q) {

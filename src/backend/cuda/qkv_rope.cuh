@@ -1,5 +1,6 @@
 // After the fused QKV projection: bias, Qwen3 per-head q/k RMSNorm, RoPE, and the K/V write into
-// the paged cache.
+// the paged cache. Decode steps on the fused GEMV path without q/k norm do the same work in the
+// GEMV's epilogue instead (GemvOut::kQkvRope, gemv.cuh).
 #pragma once
 
 #include <cstdint>
@@ -13,9 +14,22 @@ namespace mpserve::backend::cuda {
 // block_size, head_dim) bf16. A (block, kv head) pair is one contiguous block_size*head_dim run,
 // so the attention kernels read a key tile of one head as contiguous rows. Slot
 // s = block * block_size + offset.
+// note: RoPE pair layout. On the device the rows of q_proj and k_proj and of their biases, and
+// so the q and k columns of the projection's output, are reordered within each head: column 2i
+// holds dim i and column 2i + 1 dim i + D/2, its rotate-half partner. One thread of an MMA
+// accumulator (columns 2t, 2t + 1) or one float2 load then holds a whole pair. v keeps its
+// natural order; q_out and the cache are in natural order. The uploader reorders
+// (weights_upload.h), once, on the one weight copy that every path reads.
+//
+// Natural index (dim within the head, plus the head's offset) of pair-layout index i.
+inline int64_t rope_pair_source(int64_t i, int64_t head_dim) {
+  const int64_t c = i % head_dim;
+  return i - c + (c % 2 == 0 ? c / 2 : c / 2 + head_dim / 2);
+}
+
 struct QkvRopeArgs {
-  const float* qkv = nullptr;            // (T, Q + 2K) f32: [q | k | v] per token
-  const __nv_bfloat16* bias = nullptr;   // (Q + 2K) or null
+  const float* qkv = nullptr;            // (T, Q + 2K) f32: [q | k | v] per token, q and k in the pair layout
+  const __nv_bfloat16* bias = nullptr;   // (Q + 2K) or null, q and k in the pair layout
   const __nv_bfloat16* q_norm = nullptr; // (D) or null (Qwen3)
   const __nv_bfloat16* k_norm = nullptr; // (D) or null
   const float* inv_freq = nullptr;       // (D/2)
@@ -33,5 +47,16 @@ struct QkvRopeArgs {
 };
 
 void qkv_rope_cache_write(const QkvRopeArgs& a, cudaStream_t stream);
+
+#ifdef __CUDACC__
+// Rotates one rotate-half pair (x1, x2) = dims (i, i + D/2) by pos * inv_freq[i].
+// note: shared by qkv_rope_kernel and the GEMV epilogue, with explicitly rounded operations (no
+// FMA contraction), so both paths give bit-identical q and k.
+__device__ __forceinline__ float2 rope_rotate(float x1, float x2, int pos, float inv_freq) {
+  float s, c;
+  sincosf(__fmul_rn(static_cast<float>(pos), inv_freq), &s, &c);
+  return make_float2(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)), __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+}
+#endif
 
 }  // namespace mpserve::backend::cuda

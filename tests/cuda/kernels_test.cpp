@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <string>
 
@@ -373,6 +374,95 @@ TEST_F(CudaKernels, gemv_chain_through_the_residual_matches_cpu) {
     EXPECT_LT(rel_err(res, ref_res), 1e-4) << "rows " << rows;
     EXPECT_LT(rel_err(y, ref), kBf16Tol) << "rows " << rows;
   }
+}
+
+// The norm + qkv GEMV with bias, RoPE and the paged-cache write in its epilogue (kQkvRope: decode
+// steps of models without q/k norm) against the CPU ops composed as the CPU backend composes them,
+// and bit for bit against the GEMV's f32 store + qkv_rope_cache_write that it replaces. Row i is
+// its own sequence at its own position and block; with 3 or more rows the last is padding (slot
+// -1, position 0: q written, the cache not), and every cache element outside the real rows' slots
+// must keep its poison.
+void check_gemv_qkv_rope(std::mt19937& rng, ThreadPool& pool, int rows, int head_dim, int nh, int nkv, bool bias,
+                         int n_tiles = 0, int warps = 0, int grid = 0) {
+  const std::string what = "rows " + std::to_string(rows) + " D " + std::to_string(head_dim) + " heads " +
+                           std::to_string(nh) + "/" + std::to_string(nkv) + (bias ? " bias" : "") + " n_tiles " +
+                           std::to_string(n_tiles) + " warps " + std::to_string(warps) + " grid " +
+                           std::to_string(grid);
+  const int in = 896, bs = 16, num_blocks = 2 * rows + 3;
+  const int q = nh * head_dim, k = nkv * head_dim, width = q + 2 * k;
+  auto res = random_vec(size_t(rows) * in, rng);
+  auto nw = round_bf16(random_vec(in, rng));
+  auto w = round_bf16(random_vec(size_t(width) * in, rng, 0.05f));
+  auto b = bias ? round_bf16(random_vec(width, rng)) : std::vector<float>{};
+  std::vector<float> inv_freq(size_t(head_dim / 2));
+  for (int i = 0; i < head_dim / 2; ++i) inv_freq[size_t(i)] = std::pow(10000.f, -2.f * i / head_dim);
+  std::vector<int32_t> pos(static_cast<size_t>(rows)), slots(static_cast<size_t>(rows));
+  int real = rows;
+  for (int i = 0; i < rows; ++i) {
+    const bool pad = rows >= 3 && i == rows - 1;
+    pos[size_t(i)] = pad ? 0 : 7 + 131 * i;
+    slots[size_t(i)] = pad ? -1 : (2 * i + 1) * bs + pos[size_t(i)] % bs;
+    if (pad) real = i;
+  }
+  auto got = api::gemv_qkv_rope(true, res, nw, w, b, inv_freq, pos, slots, num_blocks, in, nh, nkv, head_dim, bs, 1e-6f,
+                                n_tiles, warps, grid);
+  auto unfused = api::gemv_qkv_rope(false, res, nw, w, b, inv_freq, pos, slots, num_blocks, in, nh, nkv, head_dim, bs,
+                                    1e-6f, n_tiles, warps, grid);
+
+  std::vector<float> normed(size_t(rows) * in), lin(size_t(rows) * width);
+  cpu::rms_norm(res.data(), f32_view(nw, {in}), normed.data(), rows, in, 1e-6f);
+  normed = round_bf16(normed);
+  cpu::linear(normed.data(), f32_view(w, {width, in}), model::TensorView{}, lin.data(), rows, pool);
+  std::vector<float> rq(size_t(rows) * q), rk(size_t(real) * k), rv(size_t(real) * k);
+  for (int i = 0; i < rows; ++i)
+    for (int c = 0; c < width; ++c) {
+      const float v = lin[size_t(i) * width + c] + (bias ? b[size_t(c)] : 0.f);
+      if (c < q) rq[size_t(i) * q + c] = v;
+      else if (i >= real) continue;
+      else if (c < q + k) rk[size_t(i) * k + c - q] = v;
+      else rv[size_t(i) * k + c - q - k] = v;
+    }
+  cpu::rope(rq.data(), pos.data(), rows, nh, head_dim, inv_freq);
+  cpu::rope(rk.data(), pos.data(), real, nkv, head_dim, inv_freq);
+  EXPECT_LT(rel_err(got.q, rq), kBf16Tol) << what;
+  // The real rows' slots out of the CUDA layout (num_blocks, nkv, bs, D); everything else poisoned.
+  std::vector<float> gk(rk.size()), gv(rv.size());
+  std::vector<char> written(got.k_cache.size(), 0);
+  for (int i = 0; i < real; ++i)
+    for (int h = 0; h < nkv; ++h)
+      for (int d = 0; d < head_dim; ++d) {
+        const int blk = slots[size_t(i)] / bs, off = slots[size_t(i)] % bs;
+        const size_t src = ((size_t(blk) * nkv + h) * bs + off) * head_dim + d;
+        gk[size_t(i) * k + h * head_dim + d] = got.k_cache[src];
+        gv[size_t(i) * k + h * head_dim + d] = got.v_cache[src];
+        written[src] = 1;
+      }
+  EXPECT_LT(rel_err(gk, rk), kBf16Tol) << what;
+  EXPECT_LT(rel_err(gv, rv), kBf16Tol) << what;
+  size_t stray = 0;
+  for (size_t e = 0; e < written.size(); ++e)
+    stray += !written[e] && (!std::isnan(got.k_cache[e]) || !std::isnan(got.v_cache[e]));
+  EXPECT_EQ(stray, 0u) << what << ": cache elements written outside the real rows' slots";
+  auto same_bits = [](const std::vector<float>& x, const std::vector<float>& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+  };
+  EXPECT_TRUE(same_bits(got.q, unfused.q)) << what << ": q differs from GEMV + qkv_rope_cache_write";
+  EXPECT_TRUE(same_bits(got.k_cache, unfused.k_cache)) << what << ": K cache differs from the unfused path";
+  EXPECT_TRUE(same_bits(got.v_cache, unfused.v_cache)) << what << ": V cache differs from the unfused path";
+}
+
+// Rows 1..8 on the Qwen2.5-0.5B attention shape (14 heads over 2, D 64, bias) and on D 128 with 8
+// heads over 2, with the launcher's plan; then every tile height with blocks that loop over tiles.
+TEST_F(CudaKernels, gemv_qkv_rope_epilogue_matches_cpu_and_unfused_path) {
+  for (int rows = 1; rows <= 8; ++rows) {
+    check_gemv_qkv_rope(rng_, pool_, rows, 64, 14, 2, true);
+    check_gemv_qkv_rope(rng_, pool_, rows, 128, 8, 2, rows % 2 == 1);
+  }
+  for (int rows : {1, 3, 8})
+    for (int n_tiles : {1, 2, 4}) {
+      check_gemv_qkv_rope(rng_, pool_, rows, 64, 14, 2, true, n_tiles, 5, 3);
+      check_gemv_qkv_rope(rng_, pool_, rows, 128, 8, 2, false, n_tiles, 16, 0);
+    }
 }
 
 TEST_F(CudaKernels, argmax_matches_reference_with_ties) {

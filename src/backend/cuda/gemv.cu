@@ -15,6 +15,10 @@
 // PDL: the first item's weights are loaded before pdl_wait() (no kernel writes weights), so the
 // weight stream starts while the previous kernel drains; x, the residual and y are touched only
 // after it.
+//
+// kQkvRope: the accumulator columns 2t, 2t+1 of a lane are one rotate-half pair thanks to the
+// weight's RoPE pair layout (qkv_rope.cuh), so bias, RoPE and the q / KV-cache stores happen in
+// the epilogue, in registers, and the qkv_rope kernel and the f32 qkv round trip disappear.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -53,6 +57,37 @@ __device__ __forceinline__ void mma_rows8(float (&d)[4], uint32_t a0, uint32_t a
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// kQkvRope epilogue of batch row r, projection columns (o, o + 1) (o even) holding s; the same
+// arithmetic as qkv_rope_kernel without q/k norm, so both give bit-identical q, k and v.
+__device__ __forceinline__ void qkv_rope_store(const QkvRopeArgs& p, int r, int o, float2 s) {
+  const int d = p.head_dim;
+  const int head = o / d, c = o - head * d;  // c even: in q and k, the pair (dim c/2, dim c/2 + D/2)
+  if (p.bias) {
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.bias + o));
+    s.x += b.x, s.y += b.y;
+  }
+  const bool is_q = head < p.n_heads, is_v = head >= p.n_heads + p.n_kv_heads;
+  __nv_bfloat16* dst;  // the head's D values for row r
+  if (is_q) {
+    dst = p.q_out + (static_cast<int64_t>(r) * p.n_heads + head) * d;
+  } else {
+    const int slot = p.slot_mapping[r];
+    if (slot < 0) return;  // padding row
+    const int kvh = is_v ? head - p.n_heads - p.n_kv_heads : head - p.n_heads;
+    const int64_t block = slot / p.block_size;
+    const int off = slot - static_cast<int>(block) * p.block_size;
+    dst = (is_v ? p.v_cache : p.k_cache) + ((block * p.n_kv_heads + kvh) * p.block_size + off) * d;
+  }
+  if (is_v) {
+    *reinterpret_cast<__nv_bfloat162*>(dst + c) = __floats2bfloat162_rn(s.x, s.y);
+    return;
+  }
+  const int i = c >> 1;
+  const float2 y = rope_rotate(s.x, s.y, p.positions[r], p.inv_freq[i]);
+  dst[i] = __float2bfloat16_rn(y.x);
+  dst[i + d / 2] = __float2bfloat16_rn(y.y);
 }
 
 template <GemvOut OUT>
@@ -227,7 +262,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_kernel(GemvArgs a) {
           const float2 v = rb[(w * NT + j) * 32 + l];
           s.x += v.x, s.y += v.y;
         }
-        const int64_t yo = static_cast<int64_t>(r) * out + o;
+        [[maybe_unused]] const int64_t yo = static_cast<int64_t>(r) * out + o;
         if constexpr (OUT == GemvOut::kF32) {
           *reinterpret_cast<float2*>(static_cast<float*>(a.y) + yo) = s;
         } else if constexpr (OUT == GemvOut::kBf16) {
@@ -237,6 +272,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_kernel(GemvArgs a) {
           float2 v = *y;
           v.x += s.x, v.y += s.y;
           *y = v;
+        } else if constexpr (OUT == GemvOut::kQkvRope) {
+          qkv_rope_store(a.rope, r, o, s);
         } else {
           float2 up = rb[(j + NT / 2) * 32 + l];
           for (int w = 1; w < nw; ++w) {
@@ -317,6 +354,8 @@ void dispatch(GemvIn in_mode, GemvOut out_mode, int n_tiles, F&& f) {
     return tiles.template operator()<GemvIn::kRmsNorm, GemvOut::kF32>();
   if (in_mode == GemvIn::kRmsNorm && out_mode == GemvOut::kSwiGlu)
     return tiles.template operator()<GemvIn::kRmsNorm, GemvOut::kSwiGlu>();
+  if (in_mode == GemvIn::kRmsNorm && out_mode == GemvOut::kQkvRope)
+    return tiles.template operator()<GemvIn::kRmsNorm, GemvOut::kQkvRope>();
   if (in_mode == GemvIn::kBf16 && out_mode == GemvOut::kAddF32)
     return tiles.template operator()<GemvIn::kBf16, GemvOut::kAddF32>();
   if (in_mode == GemvIn::kBf16 && out_mode == GemvOut::kF32)
@@ -353,7 +392,16 @@ GemvPlan gemv_plan(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int n_ti
 void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream, const GemvPlan* plan) {
   CUDA_SHAPE_CHECK(a.rows >= 1 && a.rows <= kGemvMaxRows);
   CUDA_SHAPE_CHECK(a.in > 0 && a.in % 8 == 0 && a.out > 0 && a.out % 2 == 0);
-  CUDA_SHAPE_CHECK(a.x && a.w && a.y && (in_mode != GemvIn::kRmsNorm || a.norm_w));
+  CUDA_SHAPE_CHECK(a.x && a.w && (a.y || out_mode == GemvOut::kQkvRope) && (in_mode != GemvIn::kRmsNorm || a.norm_w));
+  if (out_mode == GemvOut::kQkvRope) {
+    const QkvRopeArgs& r = a.rope;
+    CUDA_SHAPE_CHECK(r.head_dim == 64 || r.head_dim == 128);
+    CUDA_SHAPE_CHECK(r.n_heads > 0 && r.n_kv_heads > 0 && r.n_heads % r.n_kv_heads == 0);
+    CUDA_SHAPE_CHECK(a.out == (r.n_heads + 2 * r.n_kv_heads) * r.head_dim && r.num_tokens == a.rows);
+    CUDA_SHAPE_CHECK(r.block_size > 0 && r.q_out && r.k_cache && r.v_cache && r.inv_freq && r.positions &&
+                     r.slot_mapping);
+    CUDA_SHAPE_CHECK(!r.q_norm && !r.k_norm);  // a head-wide norm: GemvOut::kF32 + qkv_rope_cache_write
+  }
   GemvPlan p = plan ? *plan : gemv_plan(a, in_mode, out_mode);
   CUDA_SHAPE_CHECK(p.warps >= 1 && p.warps <= kMaxWarps);
   CUDA_SHAPE_CHECK(smem_bytes(in_mode, a.rows, a.in, p.warps, p.n_tiles) <= (220u << 10));

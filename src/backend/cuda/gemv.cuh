@@ -10,6 +10,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "backend/cuda/qkv_rope.cuh"
+
 namespace mpserve::backend::cuda {
 
 constexpr int kGemvMaxRows = 8;
@@ -24,6 +26,11 @@ enum class GemvOut {
   kBf16,    // y bf16 (rows, out)
   kAddF32,  // y f32 (rows, out) += x . W^T (the residual stream; one writer per element)
   kSwiGlu,  // W (2*out, in) = [gate; up]: y bf16 (rows, out) = silu(x.gate^T) * (x.up^T)
+  // W the qkv weight (Q + 2K, in), q and k rows in the RoPE pair layout (qkv_rope.cuh); y unused.
+  // What qkv_rope_cache_write does with the projection, per row r: + bias, RoPE on q and k, q to
+  // rope.q_out (bf16), k and v to the paged cache at rope.slot_mapping[r] (< 0: not written).
+  // Without per-head q/k RMSNorm (rope.q_norm / k_norm null): a head spans several blocks' tiles.
+  kQkvRope,
 };
 
 struct GemvArgs {
@@ -35,6 +42,7 @@ struct GemvArgs {
   int rows = 0;                           // 1..kGemvMaxRows
   int in = 0;                             // multiple of 8
   int out = 0;                            // multiple of 2
+  QkvRopeArgs rope;                       // kQkvRope only; rope.qkv unused (the GEMV's own output)
 };
 
 // How one launch splits the work (gemv_plan picks it from the shape; the benchmark may force one).

@@ -264,6 +264,62 @@ std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::v
   return down_f32(*y);
 }
 
+QkvRopeOut gemv_qkv_rope(bool fused, const std::vector<float>& residual, const std::vector<float>& norm_w,
+                         const std::vector<float>& w, const std::vector<float>& bias,
+                         const std::vector<float>& inv_freq, const std::vector<int32_t>& positions,
+                         const std::vector<int32_t>& slots, int num_blocks, int in, int n_heads, int n_kv_heads,
+                         int head_dim, int block_size, float eps, int n_tiles, int warps, int grid) {
+  const int rows = static_cast<int>(positions.size());
+  const int width = (n_heads + 2 * n_kv_heads) * head_dim, pairs = (n_heads + n_kv_heads) * head_dim;
+  std::unique_ptr<Dev<float>> res(up_f32(residual)), dinv(up_f32(inv_freq));
+  auto dnw = up_bf16(norm_w);
+  auto dw = up_bf16(rope_pair_order(w, width, in, pairs, head_dim));
+  auto dbias = bias.empty() ? nullptr : up_bf16(rope_pair_order(bias, width, 1, pairs, head_dim));
+  auto dpos = up_i32(positions);
+  auto dslot = up_i32(slots);
+  Dev<__nv_bfloat16> q(size_t(rows) * size_t(n_heads * head_dim));
+  const size_t cache = size_t(num_blocks) * size_t(n_kv_heads) * size_t(block_size) * size_t(head_dim);
+  Dev<__nv_bfloat16> kc(cache), vc(cache);
+  Dev<float> qkv(size_t(rows) * size_t(width));
+  q.poison();
+  kc.poison();
+  vc.poison();
+  qkv.poison();
+  QkvRopeArgs r;
+  r.bias = dbias ? dbias->p : nullptr;
+  r.inv_freq = dinv->p;
+  r.positions = dpos->p;
+  r.slot_mapping = dslot->p;
+  r.q_out = q.p;
+  r.k_cache = kc.p;
+  r.v_cache = vc.p;
+  r.num_tokens = rows;
+  r.n_heads = n_heads;
+  r.n_kv_heads = n_kv_heads;
+  r.head_dim = head_dim;
+  r.block_size = block_size;
+  r.eps = eps;
+  GemvArgs a;
+  a.x = res->p;
+  a.norm_w = dnw->p;
+  a.eps = eps;
+  a.w = dw->p;
+  a.rows = rows;
+  a.in = in;
+  a.out = width;
+  const GemvOut om = fused ? GemvOut::kQkvRope : GemvOut::kF32;
+  if (fused) a.rope = r;
+  else a.y = qkv.p;
+  GemvPlan plan = gemv_plan(a, GemvIn::kRmsNorm, om, n_tiles, warps);
+  if (grid > 0) plan.grid = grid;
+  cuda::gemv(a, GemvIn::kRmsNorm, om, 0, &plan);
+  if (!fused) {
+    r.qkv = qkv.p;
+    qkv_rope_cache_write(r, 0);
+  }
+  return QkvRopeOut{down_bf16(q), down_bf16(kc), down_bf16(vc)};
+}
+
 std::vector<float> gemv_chain(const std::vector<float>& x, const std::vector<float>& w_o, std::vector<float>& residual,
                               const std::vector<float>& norm_w, const std::vector<float>& w_q, int rows, int q, int h,
                               int out, int steps, float eps) {

@@ -62,6 +62,18 @@ std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::v
                         const std::vector<float>& w, const std::vector<float>& y_init, int rows, int in, int out,
                         float eps, int n_tiles = 0, int warps = 0, int grid = 0);
 
+// The RMSNorm + qkv GEMV, then bias, RoPE and the paged-cache write: fused, one launch with the
+// kQkvRope epilogue; else the GEMV's f32 store and qkv_rope_cache_write (the path of models with
+// q/k norm). residual (rows, in) f32, norm_w (in); w (Q + 2K, in) and bias (Q + 2K, or empty) in
+// natural order (the call puts q and k in the RoPE pair layout, as the uploader does); positions
+// and slots (rows). q (rows, Q) and both caches (num_blocks, n_kv_heads, block_size, D) are
+// poisoned first. n_tiles / warps / grid > 0 force the GEMV's plan.
+QkvRopeOut gemv_qkv_rope(bool fused, const std::vector<float>& residual, const std::vector<float>& norm_w,
+                         const std::vector<float>& w, const std::vector<float>& bias,
+                         const std::vector<float>& inv_freq, const std::vector<int32_t>& positions,
+                         const std::vector<int32_t>& slots, int num_blocks, int in, int n_heads, int n_kv_heads,
+                         int head_dim, int block_size, float eps, int n_tiles = 0, int warps = 0, int grid = 0);
+
 // PDL ordering through the residual: `steps` times residual += x . w_o^T (kBf16 -> kAddF32), then
 // y = rmsnorm(residual) . w_q^T (kRmsNorm -> kF32), back to back on one stream (each launch
 // reads what the one before wrote, or writes what it read). residual: (rows, h) in, updated;

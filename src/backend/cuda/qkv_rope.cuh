@@ -49,12 +49,18 @@ struct QkvRopeArgs {
 void qkv_rope_cache_write(const QkvRopeArgs& a, cudaStream_t stream);
 
 #ifdef __CUDACC__
-// Rotates one rotate-half pair (x1, x2) = dims (i, i + D/2) by pos * inv_freq[i].
+// Rotates one rotate-half pair (x1, x2) = dims (i, i + D/2) by the angle float(pos) * inv_freq[i]
+// (the reference's f32 angle, as transformers computes it).
 // note: shared by qkv_rope_kernel and the GEMV epilogue, with explicitly rounded operations (no
-// FMA contraction), so both paths give bit-identical q and k.
+// FMA contraction), so both paths give bit-identical q and k. sincosf carries a slow-path
+// argument reduction in local memory that made the GEMV spill; instead the angle is reduced to
+// [-pi, pi] in double (exact enough for any position) and __sincosf (absolute error < 2^-21
+// there) does the rest.
 __device__ __forceinline__ float2 rope_rotate(float x1, float x2, int pos, float inv_freq) {
+  const float a = __fmul_rn(static_cast<float>(pos), inv_freq);
+  const double turns = rint(static_cast<double>(a) * 0.15915494309189535);  // a / (2 pi)
   float s, c;
-  sincosf(__fmul_rn(static_cast<float>(pos), inv_freq), &s, &c);
+  __sincosf(static_cast<float>(fma(-turns, 6.283185307179586, static_cast<double>(a))), &s, &c);
   return make_float2(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)), __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
 }
 #endif

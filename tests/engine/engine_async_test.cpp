@@ -61,33 +61,6 @@ GenerationRequest request(std::vector<int32_t> prompt, int32_t max_tokens) {
   return r;
 }
 
-// A workload that touches every feature: shared prefixes (prefix cache), long prompts (chunked
-// prefill), a KV cache too small for it (preemption), eos, stop ids, stop strings, logits.
-std::vector<GenerationRequest> mixed_workload(uint32_t seed, int n) {
-  std::mt19937 rng(seed);
-  std::vector<std::vector<int32_t>> prefixes(3);
-  for (auto& p : prefixes) {
-    p.resize(std::uniform_int_distribution<int>(4, 12)(rng));
-    for (auto& t : p) t = std::uniform_int_distribution<int>(2, 63)(rng);
-  }
-  std::vector<GenerationRequest> reqs;
-  for (int i = 0; i < n; ++i) {
-    GenerationRequest r;
-    if (rng() % 2) r.prompt = prefixes[rng() % prefixes.size()];
-    const int extra = std::uniform_int_distribution<int>(1, 40)(rng);
-    for (int k = 0; k < extra; ++k) r.prompt.push_back(std::uniform_int_distribution<int>(2, 63)(rng));
-    r.max_tokens = std::uniform_int_distribution<int>(1, 24)(rng);
-    r.sampling.temperature = rng() % 3 == 0 ? 0.0f : 1.0f;
-    r.sampling.seed = rng();
-    r.ignore_eos = rng() % 4 != 0;
-    if (rng() % 5 == 0) r.stop = {"ab", "z."};
-    if (rng() % 6 == 0) r.stop_token_ids = {static_cast<int32_t>(std::uniform_int_distribution<int>(2, 63)(rng))};
-    r.want_logits = rng() % 4 == 0;
-    reqs.push_back(std::move(r));
-  }
-  return reqs;
-}
-
 struct WorkloadRun {
   std::vector<Received> per_request;  // in submission order
   EngineStats stats;
@@ -129,7 +102,10 @@ WorkloadRun run_workload(const std::vector<GenerationRequest>& reqs, bool async,
 
 TEST(EngineAsync, async_outputs_equal_sync_for_every_request_and_field) {
   for (bool chunked : {true, false}) {
-    const std::vector<GenerationRequest> reqs = mixed_workload(chunked ? 11 : 12, 50);
+    // A workload that touches every feature: shared prefixes (prefix cache), long prompts (chunked
+    // prefill), a KV cache too small for it (preemption), eos, stop ids, stop strings, logits.
+    std::mt19937 rng(chunked ? 11 : 12);
+    const std::vector<GenerationRequest> reqs = testing::random_requests(rng, 50, /*stop_ids_and_logits=*/true);
     const WorkloadRun sync = run_workload(reqs, /*async=*/false, chunked);
     const WorkloadRun async = run_workload(reqs, /*async=*/true, chunked);
     ASSERT_EQ(sync.per_request.size(), reqs.size());

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -341,6 +342,36 @@ inline Collected run_alone(const GenerationRequest& req, int32_t block_size = 4)
   auto got = run_all(*fe.engine);
   EXPECT_EQ(fe.fake->errors, 0);
   return got[*id];
+}
+
+// Random requests over the fake vocabulary: prompts that often start with one of three shared
+// prefixes (prefix-cache hits), 1..24 tokens to generate, greedy or seeded sampling, and some
+// that stop early on eos (id 0) or a stop string. With `stop_ids_and_logits` some also stop on a
+// token id or keep their logits. Draws from `rng` in a fixed order, so a seed fixes the workload.
+inline std::vector<GenerationRequest> random_requests(std::mt19937& rng, int n, bool stop_ids_and_logits) {
+  std::vector<std::vector<int32_t>> prefixes(3);
+  for (auto& p : prefixes) {
+    p.resize(std::uniform_int_distribution<int>(4, 12)(rng));
+    for (auto& t : p) t = std::uniform_int_distribution<int>(2, 63)(rng);
+  }
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < n; ++i) {
+    GenerationRequest r;
+    if (rng() % 2) r.prompt = prefixes[rng() % prefixes.size()];
+    const int extra = std::uniform_int_distribution<int>(1, 40)(rng);
+    for (int k = 0; k < extra; ++k) r.prompt.push_back(std::uniform_int_distribution<int>(2, 63)(rng));
+    r.max_tokens = std::uniform_int_distribution<int>(1, 24)(rng);
+    r.sampling.temperature = rng() % 3 == 0 ? 0.0f : 1.0f;
+    r.sampling.seed = rng();
+    r.ignore_eos = rng() % 4 != 0;
+    if (rng() % 5 == 0) r.stop = {"ab", "z."};
+    if (stop_ids_and_logits) {
+      if (rng() % 6 == 0) r.stop_token_ids = {static_cast<int32_t>(std::uniform_int_distribution<int>(2, 63)(rng))};
+      r.want_logits = rng() % 4 == 0;
+    }
+    reqs.push_back(std::move(r));
+  }
+  return reqs;
 }
 
 inline std::vector<int32_t> letters(std::string_view s) {

@@ -39,26 +39,8 @@ TEST_P(EngineRandom, engine_random_load_keeps_invariants_and_matches_solo_runs) 
   bo.num_blocks = 20;  // 80 token slots: a few sequences at a time
   FakeEngine fe(opts, bo);
 
-  // A few shared prefixes so the prefix cache gets hits.
-  std::vector<std::vector<int32_t>> prefixes(3);
-  for (auto& p : prefixes) {
-    p.resize(std::uniform_int_distribution<int>(4, 12)(rng));
-    for (auto& t : p) t = std::uniform_int_distribution<int>(2, 63)(rng);
-  }
-  const int kRequests = 60;
-  std::vector<GenerationRequest> reqs;
-  for (int i = 0; i < kRequests; ++i) {
-    GenerationRequest r;
-    if (rng() % 2) r.prompt = prefixes[rng() % prefixes.size()];
-    const int extra = std::uniform_int_distribution<int>(1, 40)(rng);
-    for (int k = 0; k < extra; ++k) r.prompt.push_back(std::uniform_int_distribution<int>(2, 63)(rng));
-    r.max_tokens = std::uniform_int_distribution<int>(1, 24)(rng);
-    r.sampling.temperature = rng() % 3 == 0 ? 0.0f : 1.0f;
-    r.sampling.seed = rng();
-    r.ignore_eos = rng() % 4 != 0;  // some stop early on eos (id 0)
-    if (rng() % 5 == 0) r.stop = {"ab", "z."};
-    reqs.push_back(std::move(r));
-  }
+  // Shared prefixes so the prefix cache gets hits; some requests stop early on eos (id 0).
+  const std::vector<GenerationRequest> reqs = testing::random_requests(rng, 60, /*stop_ids_and_logits=*/false);
 
   std::map<uint64_t, size_t> index;
   std::map<uint64_t, Collected> got;

@@ -59,6 +59,54 @@ struct Stream {
   }
 };
 
+// The k-th request a Submitters thread sends: prompt length and max_tokens vary with k.
+GenerationRequest submitted_request(int k) { return request(k, 3 + k % 11, 4 + k % 9); }
+
+// `threads` threads, each submitting `per_thread` requests one after another and waiting for
+// each to finish before the next; join() returns what each thread received, in order.
+class Submitters {
+ public:
+  Submitters(EngineLoop& loop, int threads, int per_thread) : results_(threads) {
+    for (int t = 0; t < threads; ++t) {
+      threads_.emplace_back([this, &loop, t, per_thread] {
+        for (int i = 0; i < per_thread; ++i) {
+          Stream s;
+          auto id = loop.submit(submitted_request(t * per_thread + i), s.callback());
+          ASSERT_TRUE(id.is_ok()) << id.error();
+          s.done.get_future().wait();
+          std::lock_guard<std::mutex> lk(s.mu);
+          results_[t].push_back(s.c);
+        }
+      });
+    }
+  }
+  ~Submitters() {
+    for (auto& th : threads_) {
+      if (th.joinable()) th.join();
+    }
+  }
+  std::vector<std::vector<Collected>> join() {
+    for (auto& th : threads_) th.join();
+    return std::move(results_);
+  }
+
+ private:
+  std::vector<std::vector<Collected>> results_;  // [thread][request]
+  std::vector<std::thread> threads_;
+};
+
+// Every request of a Submitters run produced what it produces alone and ran to max_tokens.
+void expect_solo_results(const std::vector<std::vector<Collected>>& results, int per_thread) {
+  for (size_t t = 0; t < results.size(); ++t) {
+    EXPECT_EQ(results[t].size(), static_cast<size_t>(per_thread)) << "thread " << t;
+    for (size_t i = 0; i < results[t].size(); ++i) {
+      const int k = static_cast<int>(t) * per_thread + static_cast<int>(i);
+      EXPECT_EQ(results[t][i].tokens, run_alone(submitted_request(k)).tokens) << "request " << k;
+      EXPECT_EQ(results[t][i].reason, FinishReason::kLength);
+    }
+  }
+}
+
 TEST(EngineLoop, engine_loop_serves_submissions_from_many_threads) {
   EngineOptions opts;
   opts.backend.max_num_seqs = 8;
@@ -67,30 +115,9 @@ TEST(EngineLoop, engine_loop_serves_submissions_from_many_threads) {
   bo.num_blocks = 24;  // tight: preemption happens under the threads' load
   LoopFixture f(opts, bo);
   const int kThreads = 4, kPerThread = 8;
-  std::vector<std::vector<Collected>> results(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < kPerThread; ++i) {
-        Stream s;
-        const int k = t * kPerThread + i;
-        auto id = f.loop->submit(request(k, 3 + k % 11, 4 + k % 9), s.callback());
-        ASSERT_TRUE(id.is_ok()) << id.error();
-        s.done.get_future().wait();
-        std::lock_guard<std::mutex> lk(s.mu);
-        results[t].push_back(s.c);
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  for (int t = 0; t < kThreads; ++t) {
-    for (int i = 0; i < kPerThread; ++i) {
-      const int k = t * kPerThread + i;
-      const Collected alone = run_alone(request(k, 3 + k % 11, 4 + k % 9));
-      EXPECT_EQ(results[t][i].tokens, alone.tokens) << "request " << k;
-      EXPECT_EQ(results[t][i].reason, FinishReason::kLength);
-    }
-  }
+  Submitters submitters(*f.loop, kThreads, kPerThread);
+  const std::vector<std::vector<Collected>> results = submitters.join();
+  expect_solo_results(results, kPerThread);
   const EngineStats s = f.loop->stats();
   EXPECT_EQ(s.generation_tokens_total, [&] {
     int64_t n = 0;
@@ -117,21 +144,7 @@ TEST(EngineLoop, engine_loop_with_async_scheduling_matches_solo_runs_and_aborts_
   auto long_id = f.loop->submit(request(99, 5, 60), aborted.callback());
   ASSERT_TRUE(long_id.is_ok()) << long_id.error();
   const int kThreads = 3, kPerThread = 4;
-  std::vector<std::vector<Collected>> results(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < kPerThread; ++i) {
-        Stream s;
-        const int k = t * kPerThread + i;
-        auto id = f.loop->submit(request(k, 3 + k % 11, 4 + k % 9), s.callback());
-        ASSERT_TRUE(id.is_ok()) << id.error();
-        s.done.get_future().wait();
-        std::lock_guard<std::mutex> lk(s.mu);
-        results[t].push_back(s.c);
-      }
-    });
-  }
+  Submitters submitters(*f.loop, kThreads, kPerThread);
   for (int i = 0; i < 2000; ++i) {
     {
       std::lock_guard<std::mutex> lk(aborted.mu);
@@ -140,18 +153,12 @@ TEST(EngineLoop, engine_loop_with_async_scheduling_matches_solo_runs_and_aborts_
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   f.loop->abort(*long_id);
-  for (auto& th : threads) th.join();
+  const std::vector<std::vector<Collected>> results = submitters.join();
   ASSERT_EQ(aborted.done.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
   EXPECT_EQ(aborted.c.reason, FinishReason::kAborted);
   EXPECT_GE(aborted.c.tokens.size(), 2u);
   EXPECT_LT(aborted.c.tokens.size(), 60u);
-  for (int t = 0; t < kThreads; ++t) {
-    for (int i = 0; i < kPerThread; ++i) {
-      const int k = t * kPerThread + i;
-      EXPECT_EQ(results[t][i].tokens, run_alone(request(k, 3 + k % 11, 4 + k % 9)).tokens) << "request " << k;
-      EXPECT_EQ(results[t][i].reason, FinishReason::kLength);
-    }
-  }
+  expect_solo_results(results, kPerThread);
   f.loop->drain_and_stop(EngineLoop::Clock::now() + std::chrono::seconds(10));
   EXPECT_EQ(f.loop->stats().kv_blocks_used, 0);
   EXPECT_EQ(f.fake->errors, 0);

@@ -46,4 +46,12 @@ inline model::TensorView f32_view(const std::vector<float>& v, std::vector<int64
   return t;
 }
 
+// A sequence a test drives through a backend by hand: its tokens so far, how many of them the KV
+// cache holds, and its block table.
+struct Seq {
+  std::vector<int32_t> tokens;
+  int32_t cached = 0;
+  std::vector<int32_t> table;
+};
+
 }  // namespace mpserve::cuda_test

@@ -9,6 +9,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/kernel_test_api.h"
+#include "cuda/cuda_test_util.h"
 #include "cuda/tiny_model.h"
 
 namespace mpserve {
@@ -17,6 +18,7 @@ namespace {
 using backend::Batch;
 using backend::BatchEntry;
 using backend::StepOutput;
+using cuda_test::Seq;
 using Clock = std::chrono::steady_clock;
 
 backend::BackendOptions options(int max_tokens, int max_model_len) {
@@ -30,26 +32,13 @@ backend::BackendOptions options(int max_tokens, int max_model_len) {
   return o;
 }
 
-struct Seq {
-  std::vector<int32_t> tokens;
-  int32_t cached = 0;
-  std::vector<int32_t> table;
-};
-
-class LaunchCollectTest : public ::testing::Test {
+class LaunchCollectTest : public cuda_test::TinyModelGpuTest {
  protected:
-  void SetUp() override {
-    if (!backend::cuda::test_api::gpu_available()) GTEST_SKIP() << "no CUDA device";
-    std::string err;
-    w_ = cuda_test::tiny_model(&err);
-    ASSERT_NE(w_, nullptr) << "make-model tiny: " << err;
-  }
   std::unique_ptr<backend::Backend> make(const backend::BackendOptions& o) {
     auto r = backend::make_backend(*w_, o);
     EXPECT_TRUE(r.is_ok()) << r.error();
     return r.is_ok() ? std::move(r).value() : nullptr;
   }
-  const model::ModelWeights* w_ = nullptr;
 };
 
 // A prefill of 3 prompts, then 20 decode steps (graphs; one sequence samples at temperature 0.8,

@@ -21,6 +21,7 @@ namespace {
 using backend::Batch;
 using backend::BatchEntry;
 using backend::StepOutput;
+using cuda_test::Seq;
 
 constexpr double kLogitTol = 2e-2;  // normalized logit error, as in backend_test.cpp
 constexpr int kSteps = 64;
@@ -60,12 +61,6 @@ backend::BackendOptions options(backend::Device d) {
   return o;
 }
 
-struct Seq {
-  std::vector<int32_t> tokens;
-  int32_t cached = 0;
-  std::vector<int32_t> table;
-};
-
 Seq make_seq(int index, int prompt_len, uint32_t seed) {
   Seq s;
   std::mt19937 rng(seed);
@@ -87,20 +82,17 @@ BatchEntry entry(const Seq& s, int id) {
   return e;
 }
 
-class TinyGreedyTest : public ::testing::Test {
+class TinyGreedyTest : public cuda_test::TinyModelGpuTest {
  protected:
   void SetUp() override {
-    if (!backend::cuda::test_api::gpu_available()) GTEST_SKIP() << "no CUDA device";
-    std::string err;
-    w_ = cuda_test::tiny_model(&err);
-    ASSERT_NE(w_, nullptr) << "make-model tiny: " << err;
+    TinyModelGpuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     auto c = backend::make_backend(*w_, options(backend::Device::kCpu));
     auto g = backend::make_backend(*w_, options(backend::Device::kCuda));
     ASSERT_TRUE(c.is_ok() && g.is_ok()) << c.error() << g.error();
     cpu_ = std::move(c).value();
     gpu_ = std::move(g).value();
   }
-  const model::ModelWeights* w_ = nullptr;
   std::unique_ptr<backend::Backend> cpu_, gpu_;
 };
 

@@ -2,12 +2,15 @@
 // model), made once per test process in a temporary directory and loaded from there.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <unistd.h>
 
 #include <filesystem>
 #include <memory>
 #include <string>
 
+#include "backend/cuda/kernel_test_api.h"
 #include "model/model_writer.h"
 #include "model/weights.h"
 
@@ -35,5 +38,18 @@ inline const model::ModelWeights* tiny_model(std::string* error) {
   if (error) *error = err;
   return weights.get();
 }
+
+// A test on the tiny model that needs a GPU: skipped where there is none, failed where the
+// model cannot be made.
+class TinyModelGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!backend::cuda::test_api::gpu_available()) GTEST_SKIP() << "no CUDA device";
+    std::string err;
+    w_ = tiny_model(&err);
+    ASSERT_NE(w_, nullptr) << "make-model tiny: " << err;
+  }
+  const model::ModelWeights* w_ = nullptr;
+};
 
 }  // namespace mpserve::cuda_test

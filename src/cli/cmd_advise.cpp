@@ -10,8 +10,7 @@
 #include <fmt/format.h>
 
 #include "cli/commands.h"
-#include "model/config.h"
-#include "model/model_writer.h"
+#include "cli/engine_flags.h"
 #include "study/advise.h"
 #include "study/advisor.h"
 #include "study/machine.h"
@@ -46,19 +45,13 @@ int fail(const std::string& message, int code = 1) {
 
 int run_advise(const AdviseFlags& f) {
   // The model: its size is what the study's shapes are interpolated by.
-  fs::path model_dir;
-  if (!f.model.empty()) {
-    model_dir = f.model;
-  } else {
-    auto d = model::ensure_default_model();
-    if (!d) return fail(d.error());
-    model_dir = *d;
-  }
+  auto model_dir = resolve_model_dir(f.model);
+  if (!model_dir) return fail(model_dir.error());
   double params_b = f.params_b;
   if (params_b <= 0) {
-    auto cfg = model::load_model_config(model_dir);
-    if (!cfg) return fail(cfg.error(), 2);
-    params_b = static_cast<double>(cfg->num_parameters()) / 1e9;
+    auto p = study::model_params_b(*model_dir);
+    if (!p) return fail(p.error(), 2);
+    params_b = *p;
   }
   const std::string device = f.device == "auto" ? (study::gpu_present() ? "cuda" : "cpu") : f.device;
   const study::MachineInfo machine = study::detect_machine(device, "");
@@ -72,18 +65,17 @@ int run_advise(const AdviseFlags& f) {
 
   Result<study::Advice> advice = Status::error("no answer");
   if (!f.probe) {
-    std::vector<fs::path> files(f.results.begin(), f.results.end());
-    if (files.empty()) files = study::default_results_files();
-    auto rows = study::load_results_files(files);
-    if (!rows) return fail(rows.error());
-    advice = study::advise_from_study(study::gain_points(*rows), q);
+    const std::vector<fs::path> files(f.results.begin(), f.results.end());
+    auto gains = study::study_gain_points(files);
+    if (!gains) return fail(gains.error());
+    advice = study::advise_from_study(*gains, q);
     if (!advice && !f.probe_if_needed) return fail(advice.error());
     if (!advice) std::fprintf(stderr, "mpserve advise: %s\nmpserve advise: measuring it instead (--probe)\n",
                               advice.error().c_str());
   }
   if (f.probe || !advice) {
     study::ProbeOptions p;
-    p.model_dir = model_dir;
+    p.model_dir = *model_dir;
     p.device = device;
     p.context = f.context;
     p.workload = f.workload;

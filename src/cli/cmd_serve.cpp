@@ -10,10 +10,9 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/engine_flags.h"
 #include "common/env.h"
 #include "common/log.h"
-#include "model/config.h"
-#include "model/model_writer.h"
 #include "router/engine_pool.h"
 #include "router/router.h"
 #include "study/advise.h"
@@ -77,24 +76,16 @@ int fail(const std::string& message, int code = 1) {
 // --engines auto: what `mpserve advise` says for this model, GPU, context and workload; one engine
 // (with a warning that says how to get an answer) when the study has nothing for this GPU.
 Result<int> engines_from_advisor(const ServeFlags& f, const std::string& device) {
-  std::filesystem::path model_dir = f.model;
-  if (model_dir.empty()) {
-    auto d = model::ensure_default_model();
-    if (!d) return Status::error(d.error());
-    model_dir = *d;
-  }
-  auto cfg = model::load_model_config(model_dir);
-  if (!cfg) return Status::error(cfg.error());
+  MPS_ASSIGN_OR_RETURN(const std::filesystem::path model_dir, resolve_model_dir(f.model));
+  MPS_ASSIGN_OR_RETURN(const double params_b, study::model_params_b(model_dir));
   study::AdviceQuery q;
   q.gpu = study::detect_machine(device, "").gpu;
-  q.params_b = static_cast<double>(cfg->num_parameters()) / 1e9;
+  q.params_b = params_b;
   q.context = f.auto_context;
   q.workload = f.auto_workload;
-  std::vector<std::filesystem::path> files(f.auto_results.begin(), f.auto_results.end());
-  if (files.empty()) files = study::default_results_files();
-  auto rows = study::load_results_files(files);
-  if (!rows) return Status::error(rows.error());
-  auto advice = study::advise_from_study(study::gain_points(*rows), q);
+  const std::vector<std::filesystem::path> files(f.auto_results.begin(), f.auto_results.end());
+  MPS_ASSIGN_OR_RETURN(const std::vector<study::GainPoint> gains, study::study_gain_points(files));
+  auto advice = study::advise_from_study(gains, q);
   if (!advice) {
     log::warn("--engines auto: {}; starting 1 engine", advice.error());
     return 1;

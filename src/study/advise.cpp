@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "common/env.h"
+#include "model/config.h"
 #include "study/plan.h"
 #include "study/runner.h"
 
@@ -35,6 +36,18 @@ Result<std::vector<ResultRow>> load_results_files(const std::vector<fs::path>& f
     rows.insert(rows.end(), r->begin(), r->end());
   }
   return rows;
+}
+
+Result<std::vector<GainPoint>> study_gain_points(const std::vector<fs::path>& files) {
+  auto rows = load_results_files(files.empty() ? default_results_files() : files);
+  if (!rows) return Status::error(rows.error());
+  return gain_points(*rows);
+}
+
+Result<double> model_params_b(const fs::path& model_dir) {
+  auto cfg = model::load_model_config(model_dir);
+  if (!cfg) return Status::error(cfg.error());
+  return static_cast<double>(cfg->num_parameters()) / 1e9;
 }
 
 std::vector<GainPoint> gain_points(const std::vector<ResultRow>& rows) {

@@ -24,6 +24,13 @@ std::vector<GainPoint> gain_points(const std::vector<ResultRow>& rows);
 // Rows of every file (a missing file is an error here: the caller named it).
 Result<std::vector<ResultRow>> load_results_files(const std::vector<std::filesystem::path>& files);
 
+// The gains advice answers from: those of `files`, or of default_results_files() when none are named.
+Result<std::vector<GainPoint>> study_gain_points(const std::vector<std::filesystem::path>& files);
+
+// The model's size in billions of parameters (from its config.json): the scale along which the
+// study's shapes are interpolated.
+Result<double> model_params_b(const std::filesystem::path& model_dir);
+
 struct ProbeOptions {
   std::filesystem::path model_dir;  // the model to measure
   std::string device = "cpu";       // cpu | cuda

@@ -99,6 +99,13 @@ std::string ServerMetrics::render(const engine::EngineStats& s) const {
   gauge("mpserve_prefix_cache_hit_tokens_total", "Prompt tokens served from the prefix cache.", "counter", l,
         static_cast<double>(s.prefix_cache_hit_tokens), &out);
   gauge("mpserve_engine_steps_total", "Engine steps run.", "counter", l, static_cast<double>(s.steps), &out);
+  // note: the engine keeps these in milliseconds; Prometheus' base unit is the second.
+  gauge("mpserve_async_overlap_seconds_total",
+        "Async scheduling: host time of engine steps spent while the previous step was in flight.", "counter", l,
+        s.async_overlap_ms_total / 1e3, &out);
+  gauge("mpserve_async_overlap_last_seconds",
+        "Async scheduling: host time of the last engine step spent while the previous step was in flight.", "gauge",
+        l, s.async_overlap_last_ms / 1e3, &out);
   {
     std::lock_guard<std::mutex> lock(mu_);
     out += "# HELP mpserve_request_success_total Requests the engine finished, by finish reason.\n"

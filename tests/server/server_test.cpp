@@ -242,6 +242,9 @@ TEST_F(ServerTest, metrics_move_after_a_request) {
                 metric(before, "mpserve_time_per_output_token_seconds_count"),
             1);
   EXPECT_GT(metric(after, "mpserve_step_duration_seconds_count"), 0);
+  // Present (metric() gives -1 for a missing one) and zero: this engine schedules synchronously.
+  EXPECT_EQ(metric(after, "mpserve_async_overlap_seconds_total"), 0);
+  EXPECT_EQ(metric(after, "mpserve_async_overlap_last_seconds"), 0);
   std::string length_key = "mpserve_request_success_total{model_name=\"" + model_name() + "\",finished_reason=\"length\"}";
   EXPECT_EQ(after[length_key] - before[length_key], 1);
   EXPECT_EQ(metric(after, "mpserve_num_requests_running"), 0);
@@ -251,6 +254,25 @@ TEST_F(ServerTest, metrics_move_after_a_request) {
   EXPECT_EQ(after[inf_key], metric(after, "mpserve_e2e_request_latency_seconds_count"));
 }
 
+// Every async step that collects its predecessor spends the injected host time (--step-cpu-us)
+// while that predecessor is in flight, so the overlap metrics are at least that time per collect.
+TEST(ServerAsync, metrics_report_async_overlap_after_an_async_scheduled_request) {
+  constexpr double kStepCpuS = 0.002;
+  ServerProcess server({"--async-scheduling", "--step-cpu-us", "2000"});
+  ASSERT_TRUE(server.ready()) << "mpserve engine did not print its ready line";
+  auto scrape = [&] { return parse_metrics(get(server.port(), "/metrics").body); };
+  auto before = scrape();
+  EXPECT_EQ(metric(before, "mpserve_async_overlap_seconds_total"), 0);
+  auto r = post(server.port(), "/v1/completions", R"({"prompt":"count","max_tokens":6,"ignore_eos":true})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_TRUE(wait_engine_idle(scrape));
+  auto after = scrape();
+  EXPECT_GE(metric(after, "mpserve_generation_tokens_total"), 6);
+  // 6 tokens: the prefill and at least 5 decode steps are each collected by a later step.
+  EXPECT_GE(metric(after, "mpserve_async_overlap_seconds_total"), 6 * kStepCpuS);
+  EXPECT_GE(metric(after, "mpserve_async_overlap_last_seconds"), kStepCpuS);
+  EXPECT_LE(metric(after, "mpserve_async_overlap_last_seconds"), metric(after, "mpserve_async_overlap_seconds_total"));
+}
 
 TEST_F(ServerTest, client_disconnect_mid_stream_aborts_and_frees_kv) {
   auto before = scrape();

@@ -455,7 +455,8 @@ Status CudaBackend::init() {
 
 // note: decode steps of at most kGemvMaxRows rows take the fused path: GEMVs that normalise the
 // residual in their prologue and add into it in their epilogue (no delta buffer, no separate
-// norm or SiLU kernels): five launches per layer plus attention's reduce.
+// norm or SiLU kernels), and, for models without q/k norm, do bias, RoPE and the KV-cache write
+// in the qkv GEMV's epilogue: five launches per layer (six with q/k norm).
 void CudaBackend::forward(const StepShape& s) {
   const int h = static_cast<int>(c_.hidden_size), q = static_cast<int>(c_.q_dim()), k = static_cast<int>(c_.kv_dim());
   const int in = static_cast<int>(c_.intermediate_size), v = static_cast<int>(c_.vocab_size);
@@ -466,8 +467,9 @@ void CudaBackend::forward(const StepShape& s) {
     if (profiling_) profiler_.mark(stream_, name);
   };
   auto gemv_call = [&](const void* x, const __nv_bfloat16* norm_w, const __nv_bfloat16* w, void* y, int n_in,
-                       int n_out, GemvIn im, GemvOut om) {
+                       int n_out, GemvIn im, GemvOut om, const QkvRopeArgs* rope = nullptr) {
     GemvArgs g;
+    if (rope) g.rope = *rope;
     g.x = x;
     g.norm_w = norm_w;
     g.eps = eps;
@@ -484,15 +486,6 @@ void CudaBackend::forward(const StepShape& s) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     const LayerDev& d = layers_[l];
     if (opts_.ablation != Ablation::kNoAttention) {
-      if (fused) {
-        gemv_call(residual_, d.input_norm, d.qkv, qkv_, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kF32);
-        mark("norm_qkv_gemv");
-      } else {
-        add_rms_norm(residual_, pending ? delta_ : nullptr, d.input_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
-        mark("add_rms_norm");
-        gemm_->linear(hnorm_, d.qkv, qkv_, true, s.tokens, h, q + 2 * k, stream_);
-        mark("qkv_gemm");
-      }
       __nv_bfloat16* kc = kv_ + (2 * l) * kv_layer_elems_;
       __nv_bfloat16* vc = kv_ + (2 * l + 1) * kv_layer_elems_;
       QkvRopeArgs r;
@@ -512,8 +505,25 @@ void CudaBackend::forward(const StepShape& s) {
       r.head_dim = static_cast<int>(c_.head_dim);
       r.block_size = opts_.block_size;
       r.eps = eps;
-      qkv_rope_cache_write(r, stream_);
-      mark("qkv_rope");
+      // note: per-head q/k norm needs a whole head's sum of squares, and a head's columns span
+      // several blocks of the GEMV: those models keep the separate qkv_rope kernel.
+      if (fused && !d.q_norm && !d.k_norm) {
+        gemv_call(residual_, d.input_norm, d.qkv, nullptr, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kQkvRope, &r);
+        mark("norm_qkv_rope_gemv");
+      } else {
+        if (fused) {
+          gemv_call(residual_, d.input_norm, d.qkv, qkv_, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kF32);
+          mark("norm_qkv_gemv");
+        } else {
+          add_rms_norm(residual_, pending ? delta_ : nullptr, d.input_norm, hnorm_, nullptr, s.tokens, h, eps,
+                       stream_);
+          mark("add_rms_norm");
+          gemm_->linear(hnorm_, d.qkv, qkv_, true, s.tokens, h, q + 2 * k, stream_);
+          mark("qkv_gemm");
+        }
+        qkv_rope_cache_write(r, stream_);
+        mark("qkv_rope");
+      }
       const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
       if (s.partition > 0) {
         DecodeAttentionArgs a;

@@ -14,8 +14,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Bump when make-model's output for (tiny, seed 0) changes, so stale caches are not reused.
-constexpr const char* kDefaultModelName = "tiny-seed0-v2";
+// Versioned, so a cache made by an older make-model (other weights) is not reused.
+const std::string kDefaultModelName = fmt::format("tiny-seed0-{}", kWeightsVersion);
 
 bool has_tokenizer_files(const fs::path& dir) {
   std::error_code ec;

@@ -11,6 +11,12 @@
 
 namespace mpserve::model {
 
+// Version of the weights make_model writes for a given (shape, seed). Bump it whenever they change
+// (initialisation, tying, tensor order), so the caches keyed on it are rebuilt rather than reused:
+// the embedded default model's directory and the golden tests' models. The pinned checksum in
+// tests/model/model_writer_test.cpp fails when the weights change, as a reminder.
+inline constexpr const char* kWeightsVersion = "v3";
+
 // Known shapes: tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, llama3.2-1b.
 std::vector<std::string> known_shapes();
 Result<ModelConfig> shape_config(const std::string& shape);

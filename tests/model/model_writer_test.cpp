@@ -1,7 +1,9 @@
 #include "model/model_writer.h"
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -65,7 +67,7 @@ TEST(ShapeConfig, known_shapes_have_the_public_dimensions) {
     int64_t params;  // as published on the Hugging Face model cards
   };
   const std::vector<Want> want = {
-      {"tiny", 256, 4, 4, 2, 64, 768, 151936, true, 42045696},
+      {"tiny", 256, 4, 4, 2, 64, 768, 151936, false, 80941312},  // untied: plan_tensors' note
       {"qwen2.5-0.5b", 896, 24, 14, 2, 64, 4864, 151936, true, 494032768},
       {"qwen2.5-1.5b", 1536, 28, 12, 2, 128, 8960, 151936, true, 1543714304},
       {"qwen2.5-3b", 2048, 36, 16, 2, 128, 11008, 151936, true, 3085938688},
@@ -122,7 +124,7 @@ TEST(MakeModel, tiny_loads_back_with_tokenizer_and_eos_ids) {
   EXPECT_EQ(c.vocab_size, 151936);
   EXPECT_THAT(c.eos_token_ids, ElementsAre(151645, 151643));  // config.json, then generation_config.json
   EXPECT_EQ((*w)->embed_tokens.dtype, DType::kBF16);
-  EXPECT_EQ((*w)->lm_head.data, (*w)->embed_tokens.data);
+  EXPECT_NE((*w)->lm_head.data, (*w)->embed_tokens.data);
   EXPECT_EQ(read_bytes(dir / "tokenizer.json"), read_bytes(tokenizer_dir() / "tokenizer.json"));
   EXPECT_EQ(read_bytes(dir / "tokenizer_config.json"), read_bytes(tokenizer_dir() / "tokenizer_config.json"));
   EXPECT_FALSE(std::filesystem::exists(dir / "model.safetensors.partial"));
@@ -147,8 +149,11 @@ TEST(MakeModel, initialisation_scales_follow_the_note) {
   const double H = 256, I = 768, L = 4;
   Stats embed = stats((*w)->embed_tokens);
   EXPECT_TRUE(embed.finite);
-  EXPECT_NEAR(embed.rms, 2.0 / std::sqrt(H), 0.01);
+  EXPECT_NEAR(embed.rms, 1.4, 0.01);  // tiny's kPeakedEmbedStd
   EXPECT_NEAR(embed.mean, 0.0, 0.001);
+  Stats head = stats((*w)->lm_head);
+  EXPECT_TRUE(head.finite);
+  EXPECT_NEAR(head.rms, 2.0 / std::sqrt(H), 0.01);
   const LayerWeights& l = (*w)->layers[2];
   EXPECT_NEAR(stats(l.q_proj).rms, 1.0 / std::sqrt(H), 0.005);
   EXPECT_NEAR(stats(l.o_proj).rms, 2.5 / std::sqrt(L) / std::sqrt(H), 0.01);
@@ -161,6 +166,61 @@ TEST(MakeModel, initialisation_scales_follow_the_note) {
   const auto* k = static_cast<const uint16_t*>(l.k_proj.data);
   const auto* v = static_cast<const uint16_t*>(l.v_proj.data);
   EXPECT_NE(std::vector<uint16_t>(k, k + 64), std::vector<uint16_t>(v, v + 64));
+}
+
+// tiny's planted next-token map (plan_tensors' note): lm_head row v is embedding row pred(v)
+// rescaled, and following pred through the ordinary ids is one cycle over all 151643 of them; the
+// special and padding rows (151643 up) are no embedding row. Rows are matched by their sign pattern.
+TEST(MakeModel, tiny_lm_head_rows_are_embedding_rows_in_one_cycle) {
+  TempDir dir;
+  ASSERT_TRUE(make(dir.path(), 0).is_ok());
+  auto w = load_model(dir.path());
+  ASSERT_TRUE(w.is_ok()) << w.error();
+  const int64_t V = 151936, H = 256, kOrdinary = 151643;
+  const auto* embed = static_cast<const uint16_t*>((*w)->embed_tokens.data);
+  const auto* head = static_cast<const uint16_t*>((*w)->lm_head.data);
+  auto signs = [H](const uint16_t* row) {
+    std::array<uint64_t, 4> s{};
+    for (int64_t j = 0; j < H; ++j) s[size_t(j / 64)] |= uint64_t(row[j] >> 15) << (j % 64);
+    return s;
+  };
+  std::map<std::array<uint64_t, 4>, int64_t> by_signs;
+  for (int64_t v = 0; v < V; ++v) by_signs.emplace(signs(embed + v * H), v);
+  std::vector<int64_t> pred(size_t(V), -1);
+  for (int64_t v = 0; v < V; ++v) {
+    auto it = by_signs.find(signs(head + v * H));
+    if (it != by_signs.end()) pred[size_t(v)] = it->second;
+  }
+  for (int64_t v = kOrdinary; v < V; ++v) EXPECT_EQ(pred[size_t(v)], -1) << "special/padding row " << v;
+  // One cycle: from id 0, pred returns to 0 after exactly kOrdinary steps.
+  int64_t v = 0, steps = 0;
+  do {
+    ASSERT_GE(pred[size_t(v)], 0) << "ordinary lm_head row " << v << " is no embedding row";
+    ASSERT_LT(pred[size_t(v)], kOrdinary);
+    v = pred[size_t(v)];
+    ++steps;
+  } while (v != 0 && steps <= kOrdinary);
+  EXPECT_EQ(steps, kOrdinary);
+  // The row is the embedding row rescaled from std 1.4 to 2/sqrt(H) (up to bf16 rounding).
+  const double ratio = (2.0 / 16.0) / 1.4;
+  for (int64_t j = 0; j < H; ++j) {
+    const double e = bf16_to_f32(embed[pred[7] * H + j]), h = bf16_to_f32(head[7 * H + j]);
+    EXPECT_NEAR(h, e * ratio, 0.01 * std::fabs(e * ratio) + 1e-6) << j;
+  }
+}
+
+// The bytes of tiny, seed 0 (the embedded default model) are pinned. When this fails because
+// make-model's initialisation changed on purpose: bump kWeightsVersion (model_writer.h) so the
+// cached default model is rebuilt, re-record tests/data/golden_tiny.json (docs/results/
+// golden_logits.md), and pin the new value.
+TEST(MakeModel, tiny_seed0_bytes_are_pinned) {
+  TempDir dir;
+  ASSERT_TRUE(make(dir.path(), 0).is_ok());
+  const std::string bytes = read_bytes(dir / "model.safetensors");
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a 64
+  for (unsigned char ch : bytes) h = (h ^ ch) * 0x100000001b3ull;
+  EXPECT_EQ(fmt::format("{:016x}", h), "de25d4fd74f4f2ce")
+      << "tiny seed 0 weights changed (weights version " << kWeightsVersion << ")";
 }
 
 TEST(Llama3Tokenizer, derived_from_qwen_vocabulary_with_llama3_specials) {

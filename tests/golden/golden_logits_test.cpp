@@ -7,13 +7,18 @@
 // and additionally that our error is at least 20x smaller than the error of transformers' own
 // bf16 forward pass on the same model (recorded in the golden file) — i.e. well inside bf16
 // tolerance. Greedy tokens must match wherever HF's top-2 margin exceeds 1e-3.
+//
+// Each golden file holds a checksum of the weights it was recorded on; a test whose model no longer
+// matches (make-model's initialisation changed) fails on that alone, naming the re-record command.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <numeric>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -21,7 +26,9 @@
 
 #include "backend/backend.h"
 #include "common/env.h"
+#include "common/half.h"
 #include "model/model_writer.h"
+#include "model/safetensors.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
 
@@ -49,12 +56,13 @@ json load_golden(const std::string& file) {
 
 // Makes (once) the model the golden file was recorded on: shape NAME, seed 0.
 fs::path model_for(const std::string& shape) {
-  // The cache name carries a hash of the shape's config, so a changed shape never reuses a stale
-  // copy, and tests running in parallel never delete a directory another one is reading.
+  // The cache name carries a hash of the shape's config and make-model's weights version, so a
+  // changed shape or initialisation never reuses a stale copy, and tests running in parallel never
+  // delete a directory another one is reading.
   auto want = model::shape_config(shape);
   EXPECT_TRUE(want.is_ok()) << want.error();
   const size_t h = std::hash<std::string>{}(model::model_config_to_json(*want));
-  fs::path dir = cache_dir() / fmt::format("golden-{}-{:016x}", shape, h);
+  fs::path dir = cache_dir() / fmt::format("golden-{}-{:016x}-{}", shape, h, model::kWeightsVersion);
   if (fs::exists(dir / "model.safetensors")) return dir;
   fs::create_directories(cache_dir());
   model::MakeModelOptions o;
@@ -109,12 +117,76 @@ void compare_row(const json& pos, const std::vector<int>& indices, const float* 
   }
 }
 
+// As tools/gpu/golden_hf.py's weights_checksum: per tensor, sum_i x_i * (1 + i % 1009) in double,
+// with sum_i |x_i| * (1 + i % 1009) as the scale its rounding error is relative to.
+struct Checksum {
+  double value = 0, scale = 0;
+};
+std::map<std::string, Checksum> weights_checksum(const fs::path& dir) {
+  std::map<std::string, Checksum> out;
+  auto store = model::TensorStore::open_dir(dir);
+  EXPECT_TRUE(store.is_ok()) << store.error();
+  if (!store.is_ok()) return out;
+  for (const std::string& name : (*store)->names()) {
+    auto t = (*store)->tensor(name);
+    EXPECT_TRUE(t.is_ok() && t->dtype == model::DType::kBF16) << name;
+    if (!t.is_ok() || t->dtype != model::DType::kBF16) continue;
+    const auto* p = static_cast<const uint16_t*>(t->data);
+    // note: Neumaier-compensated, so the sum is exact to ~1e-16 of `scale` however long the
+    // tensor; torch's cascaded float64 sum is within ~1e-14, so 1e-13 of the scale tells one
+    // changed bf16 value in a tensor apart from summation order.
+    Checksum c;
+    double comp = 0;
+    for (int64_t i = 0; i < t->numel(); ++i) {
+      const double x = bf16_to_f32(p[i]) * double(1 + i % 1009);
+      const double sum = c.value + x;
+      comp += std::fabs(c.value) >= std::fabs(x) ? (c.value - sum) + x : (x - sum) + c.value;
+      c.value = sum, c.scale += std::fabs(x);
+    }
+    c.value += comp;
+    out[name] = c;
+  }
+  return out;
+}
+
+// True when `golden` was recorded on the weights of `dir`; otherwise fails the test once, saying
+// what differs and how to re-record.
+bool golden_matches_model(const json& golden, const std::string& file, const fs::path& dir) {
+  const std::string rerecord = fmt::format(
+      "{} was recorded on other weights than make-model now writes for '{}' (seed 0): re-record it on the GPU "
+      "machine (docs/results/golden_logits.md, \"Regenerate\": tools/gpu/pack.sh <build>, then "
+      "GOLDEN_SPECS={}:{}:0 OUT=... bash tools/gpu/golden.sh with gpu-pack carried) and copy $OUT/{} to tests/data/",
+      file, golden["name"].get<std::string>(), golden["name"].get<std::string>(), golden["name"].get<std::string>(),
+      file);
+  if (!golden.contains("weights_checksum")) {
+    ADD_FAILURE() << rerecord << " (the file has no weights_checksum: it predates them)";
+    return false;
+  }
+  const std::map<std::string, Checksum> ours = weights_checksum(dir);
+  std::string diffs;
+  for (const auto& [name, c] : ours) {
+    const auto it = golden["weights_checksum"].find(name);
+    if (it == golden["weights_checksum"].end()) {
+      diffs += fmt::format("\n  {}: not in the golden file", name);
+    } else if (std::fabs(it->get<double>() - c.value) > 1e-13 * (1 + c.scale)) {
+      diffs += fmt::format("\n  {}: golden {:.17g}, ours {:.17g}", name, it->get<double>(), c.value);
+    }
+  }
+  if (golden["weights_checksum"].size() != ours.size()) {
+    diffs += fmt::format("\n  {} tensors in the golden file, {} in ours", golden["weights_checksum"].size(), ours.size());
+  }
+  if (!diffs.empty()) ADD_FAILURE() << rerecord << ". Weights that differ:" << diffs;
+  return diffs.empty();
+}
+
 // Runs every case through the CPU backend: prefill in chunks of `chunk` tokens (all cases in the
 // same steps, i.e. batched), then decode the HF-generated tokens one step at a time (teacher
 // forcing), comparing logits at every recorded position.
-Stats run_golden(const std::string& file, const std::string& shape, int chunk) {
+// Empty when the golden file does not belong to the model (failed, with the re-record command).
+std::optional<Stats> run_golden(const std::string& file, const std::string& shape, int chunk) {
   json g = load_golden(file);
   fs::path dir = model_for(shape);
+  if (!golden_matches_model(g, file, dir)) return std::nullopt;
   auto weights = model::load_model(dir);
   EXPECT_TRUE(weights.is_ok()) << weights.error();
   auto tok = tokenizer::Tokenizer::load(dir);
@@ -203,7 +275,9 @@ Stats run_golden(const std::string& file, const std::string& shape, int chunk) {
   return s;
 }
 
-void expect_within_tolerance(const Stats& s, const std::string& what) {
+void expect_within_tolerance(const std::optional<Stats>& stats, const std::string& what) {
+  if (!stats) return;
+  const Stats& s = *stats;
   std::printf("golden %s: max_abs_err=%.3g max_rel_err=%.3g hf_bf16_max_abs_err=%.3g argmax_checked=%d\n",
               what.c_str(), s.max_abs, s.max_err, s.max_bf16_abs, s.argmax_checked);
   EXPECT_LE(s.max_err, 1e-3) << what;

@@ -8,16 +8,20 @@ values upcast, so this is the exact function the f32 CPU backend computes), then
 forward pass over prompt + generated tokens and records, for the last prompt position and every
 decode position: the top-20 logits, the logits at a fixed set of vocabulary indices, and the
 log-sum-exp. It also records the same sub-logits from a bf16 forward pass, which shows what
-"bf16 tolerance" means for this model (the CUDA backend computes in bf16).
+"bf16 tolerance" means for this model (the CUDA backend computes in bf16), and a checksum of every
+tensor of model.safetensors (weights_checksum), which the test compares with the model it makes:
+a golden file recorded on other weights fails with that message rather than with wrong logits.
 
 usage: golden_hf.py --model DIR --name NAME --out FILE [--new-tokens 32]
 """
 import argparse
 import json
+import os
 import platform
 
 import torch
 import transformers
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPTS = [
@@ -25,6 +29,19 @@ PROMPTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n",
     "Москва — столица России. 東京は日本の首都です。",
 ]
+
+
+def weights_checksum(model_dir):
+    """{tensor name: sum_i x_i * (1 + i % 1009)} over the flattened bf16 values, in float64. The
+    weights make it order-sensitive (a permutation of rows changes it); tests/golden computes the
+    same in C++ and compares with a relative tolerance."""
+    out = {}
+    with safe_open(os.path.join(model_dir, "model.safetensors"), framework="pt") as f:
+        for name in sorted(f.keys()):
+            x = f.get_tensor(name).flatten().to(torch.float64)
+            w = torch.arange(x.numel(), dtype=torch.int64) % 1009 + 1
+            out[name] = (x * w.to(torch.float64)).sum().item()
+    return out
 
 
 def main():
@@ -79,6 +96,7 @@ def main():
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor(),
         "compute": "float32 reference (bf16 weights upcast); bf16_sub_logits from a bfloat16 forward",
+        "weights_checksum": weights_checksum(args.model),
         "vocab_indices": indices,
         "cases": cases,
     }

@@ -253,8 +253,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_kernel(GemvArgs a) {
     for (int j = 0; j < NT; ++j) rb[(warp * NT + j) * 32 + lane] = make_float2(acc[j][0], acc[j][1]);
     __syncthreads();  // note: the next tile writes the other half of `red`, so one barrier per tile
     constexpr int kEpi = kSwiGlu ? NT / 2 : NT;
-    if (static_cast<int>(threadIdx.x) < kEpi * 32) {
-      const int j = threadIdx.x >> 5, l = threadIdx.x & 31, r = l >> 2;
+    // note: a block may have fewer warps than epilogue n-tiles (a small `in`): loop.
+    for (int e = threadIdx.x; e < kEpi * 32; e += blockDim.x) {
+      const int j = e >> 5, l = e & 31, r = l >> 2;
       const int o = tile * kOut + j * 8 + 2 * (l & 3);
       if (r < rows && o < out) {  // out is even: o + 1 < out too
         float2 s = rb[j * 32 + l];

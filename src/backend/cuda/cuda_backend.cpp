@@ -225,15 +225,15 @@ class CudaBackend final : public Backend {
   mutable bool profiling_ = false;
   // Decode steps of at most this many rows take the fused GEMV path (0 = never); tunable by
   // MPSERVE_CUDA_GEMV_MAX_ROWS so the benchmark can compare both paths in one run.
-  // note: on by default for every decode bucket up to kGemvMaxRows since the tensor-core GEMV
-  // (one x load per 8..32 weight rows, whole 0.5B matrices in flight before the PDL wait) and
-  // 4 instead of 7 launches per layer. Not yet measured on a GPU: the CUDA-core GEMV it replaces
-  // lost to cuBLASLt on an H200, 0.5B batch 1 1.26 vs 1.12 ms/step, batch 8 2.26 vs 1.22
-  // (docs/results/cuda_backend.md); A/B with MPSERVE_CUDA_GEMV_MAX_ROWS=0.
-  int gemv_max_rows_ = gemv_max_rows_from_env();
-  static int gemv_max_rows_from_env() {
+  // note: measured on an H200 (docs/results/cuda_backend.md, GemvBench layer chains, cold L2):
+  // the fused path (5 launches per layer) beats cuBLASLt + norm/SiLU kernels (7) at 1..8 rows on
+  // the 0.5B shape (rows 8: 23.8 vs 29.8 us per 6 layers) and at 1..4 rows on 3B and 7B, but loses
+  // at 8 rows on 3B (64.2 vs 61.9) and 7B (156 vs 143), where cuBLASLt streams the large
+  // matrices faster: 8 rows up to hidden 1536 (0.5B, 1.5B), 4 above.
+  int gemv_max_rows_ = gemv_max_rows_from_env(c_.hidden_size);
+  static int gemv_max_rows_from_env(int64_t hidden) {
     auto v = env::get(env::kCudaGemvMaxRows);
-    if (!v) return kGemvMaxRows;
+    if (!v) return hidden <= 1536 ? kGemvMaxRows : 4;
     int n = std::atoi(v->c_str());
     return n < 0 ? 0 : (n > kGemvMaxRows ? kGemvMaxRows : n);
   }

@@ -1,7 +1,11 @@
-// Greedy decoding on the `tiny` model (the embedded default: hidden 256, 4 layers, vocab 151936,
-// tied embeddings), CUDA against the CPU reference. Random weights give logits of std ~2 over
-// 151936 tokens, so the top two are often close; these tests tell a kernel error (large logit
-// error, or a flip the step's error cannot explain) from a bf16 near-tie, and print the numbers.
+// Greedy decoding on the `tiny` model (the embedded default: hidden 256, 4 layers, vocab 151936),
+// CUDA against the CPU reference: the issue's check "greedy tokens identical to the CPU backend for
+// 64 tokens on tiny", asserted exactly. Since weights v3 tiny's greedy choice has a clear margin
+// (make-model's plan_tensors note; CPU top-2 gap p1 ~2, tests/model/tiny_margin_test.cpp), far
+// above what bf16 activations move a logit difference (~0.02 p50, ~0.07 p99). On v2 (logits ~N(0,
+// 2^2), no planted winner) 2.5% of tokens flipped at near-ties. A failure prints each differing
+// step's margins and logit error, which tells a kernel error (large error, or a flip the error
+// cannot explain) from a near-tie (a sign the model lost its margin).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -98,9 +102,8 @@ class TinyGreedyTest : public cuda_test::TinyModelGpuTest {
 
 // 8 prompts decoded together for 64 steps, both backends fed the CPU's greedy tokens: at every
 // step the logits agree within the end-to-end tolerance, the GPU's token is the argmax of its own
-// logits, and wherever the two argmaxes differ the CPU's top-2 margin is within twice the step's
-// max logit error (a near-tie, which bf16 activations may break either way).
-TEST_F(TinyGreedyTest, teacher_forced_argmax_differs_only_at_near_ties) {
+// logits, and the two argmaxes are identical at all 512 rows.
+TEST_F(TinyGreedyTest, teacher_forced_argmax_identical_at_every_step) {
   const int V = int(w_->config.vocab_size);
   std::vector<Seq> seqs;
   for (int i = 0; i < 8; ++i) seqs.push_back(make_seq(i, 12 + 3 * i, 1000u + uint32_t(i)));
@@ -154,13 +157,16 @@ TEST_F(TinyGreedyTest, teacher_forced_argmax_differs_only_at_near_ties) {
               quantile(margin_errs, 0.5), quantile(margin_errs, 0.99), quantile(margins, 0.1),
               quantile(margins, 0.5), close, 100.0 * close / samples);
   EXPECT_EQ(unexplained, 0) << "argmax flips that the step's logit error cannot explain: a kernel bug";
+  EXPECT_EQ(flips, 0) << "argmaxes differ at " << flips << " of " << samples << " rows (TINY flip lines above: "
+                      << "'near-tie' means the CPU's margin is within twice the step's logit error, i.e. tiny "
+                      << "lost its margin; 'NOT A TIE' means a kernel error)";
 }
 
-// Batch 1, as `mpserve generate` runs it: each backend feeds back its own tokens for 64 steps.
-// The tokens agree until the first step whose CPU top-2 margin is within twice that step's max
-// logit error (both backends saw the same context up to there); the step is printed. Prompts 0-3
-// are tools/gpu/greedy_compare.sh's (Qwen token ids), 4-7 random.
-TEST_F(TinyGreedyTest, free_running_tokens_agree_until_a_near_tie) {
+// Batch 1, as `mpserve generate` runs it: each backend feeds back its own tokens for 64 steps, and
+// all 64 are identical. A difference prints the first differing step's margins and logit error
+// (both backends saw the same context up to there). Prompts 0-3 are tools/gpu/greedy_compare.sh's
+// (Qwen token ids), 4-7 random.
+TEST_F(TinyGreedyTest, free_running_64_greedy_tokens_identical) {
   const int V = int(w_->config.vocab_size);
   const std::vector<std::vector<int32_t>> text_prompts = {
       {785, 3974, 13876, 38835},       // "The quick brown fox"
@@ -200,8 +206,10 @@ TEST_F(TinyGreedyTest, free_running_tokens_agree_until_a_near_tie) {
                 "gpu=%d (margin %.4f) max_abs_err=%.4f rel_err=%.4g\n",
                 prompt, first_diff, tc.first, tc.margin, tc.second, tg.first, tg.margin, err,
                 cuda_test::rel_err(std::vector<float>(lg.begin(), lg.end()), std::vector<float>(lc.begin(), lc.end())));
-    EXPECT_LE(tc.margin, 2 * err) << "prompt " << prompt << ": tokens differ at " << first_diff
-                                  << " although the CPU's margin exceeds twice the logit error";
+    const bool tie = tc.margin <= 2 * err;
+    ADD_FAILURE() << "prompt " << prompt << ": " << first_diff << "/" << kSteps << " greedy tokens identical; at token "
+                  << first_diff << " the CPU's top-2 margin is " << tc.margin << " and the max logit error " << err
+                  << (tie ? ": a near-tie (tiny lost its margin)" : ": NOT A TIE (a kernel error)");
   }
 }
 

@@ -1,8 +1,11 @@
 // The whole CUDA backend against the CPU backend on small random models built in memory:
 // logits within bf16 tolerance (prefill, chunked prefill, batched, 32 decode steps), greedy
-// tokens identical over 64 steps, graphs on and off bit-identical, ablations, GPU sampling.
+// tokens agreeing over 64 steps up to a near-tie, graphs on and off bit-identical, ablations,
+// GPU sampling.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <memory>
 
 #include "backend/backend.h"
@@ -210,33 +213,56 @@ TEST_F(CudaBackendTest, ablations_match_cpu) {
   compare_backends(*m, backend::Ablation::kNoMlp);
 }
 
-// Each backend generates on its own (its own tokens fed back): 64 greedy tokens agree.
-TEST_F(CudaBackendTest, greedy_tokens_identical_for_64_steps) {
+// Each backend generates on its own (its own tokens fed back), two sequences in one batch, 64
+// steps. A sequence's tokens must agree until a step whose logits still agree within kLogitTol
+// but whose top two swap: with bf16 activations against an f32 reference a near-tie can flip
+// (the `tiny` model's 64-token check in tiny_greedy_test.cpp is exact because tiny's margins are
+// planted). The GPU's token must be the argmax of its own logits. With this seed one sequence
+// flips at a near-tie on the fused GEMV path (H200: step 8), the other agrees for all 64 steps.
+TEST_F(CudaBackendTest, greedy_tokens_agree_for_64_steps_up_to_a_near_tie) {
   auto m = make_model(model::Arch::kQwen2, 64, false, 4);
-  std::vector<std::vector<int32_t>> generated;
-  for (auto dev : {backend::Device::kCpu, backend::Device::kCuda}) {
-    auto be = make(*m, options(dev));
-    ASSERT_TRUE(be);
-    std::mt19937 rng(11);
-    std::vector<Seq> seqs = {make_seq(0, 20, rng), make_seq(1, 9, rng)};
-    std::vector<int32_t> out;
-    for (int step = 0; step < 64; ++step) {
+  const size_t V = size_t(m->w.config.vocab_size);
+  auto cpu = make(*m, options(backend::Device::kCpu));
+  auto gpu = make(*m, options(backend::Device::kCuda));
+  ASSERT_TRUE(cpu && gpu);
+  std::mt19937 rng(11);
+  std::vector<Seq> init = {make_seq(0, 20, rng), make_seq(1, 9, rng)};
+  std::vector<std::vector<Seq>> seqs = {init, init};  // per backend
+  bool diverged[2] = {false, false};
+  int agreed = 0;
+  for (int step = 0; step < 64; ++step) {
+    StepOutput out[2];
+    for (int d = 0; d < 2; ++d) {
       Batch b;
       for (int i = 0; i < 2; ++i) {
-        const Seq& s = seqs[size_t(i)];
+        const Seq& s = seqs[size_t(d)][size_t(i)];
         b.entries.push_back(entry(s, int(s.tokens.size()) - s.cached, i));
       }
-      StepOutput o;
-      be->step(b, false, &o);
+      (d == 0 ? cpu : gpu)->step(b, true, &out[d]);
       for (int i = 0; i < 2; ++i) {
-        seqs[size_t(i)].cached = int32_t(seqs[size_t(i)].tokens.size());
-        seqs[size_t(i)].tokens.push_back(o.tokens[size_t(i)]);
-        out.push_back(o.tokens[size_t(i)]);
+        Seq& s = seqs[size_t(d)][size_t(i)];
+        s.cached = int32_t(s.tokens.size());
+        s.tokens.push_back(out[d].tokens[size_t(i)]);
       }
     }
-    generated.push_back(out);
+    for (int i = 0; i < 2; ++i) {
+      if (diverged[i]) continue;
+      const int32_t tc = out[0].tokens[size_t(i)], tg = out[1].tokens[size_t(i)];
+      if (tc == tg) {
+        ++agreed;
+        continue;
+      }
+      diverged[i] = true;  // same history up to this step: compare this step's logits
+      const std::vector<float> lc(out[0].logits.begin() + long(i * V), out[0].logits.begin() + long((i + 1) * V));
+      const std::vector<float> lg(out[1].logits.begin() + long(i * V), out[1].logits.begin() + long((i + 1) * V));
+      const int32_t gpu_argmax = int32_t(std::max_element(lg.begin(), lg.end()) - lg.begin());
+      std::printf("greedy: sequence %d first differs at step %d: cpu %d gpu %d, cpu margin %.4f, logit rel err %.4g\n",
+                  i, step, tc, tg, lc[size_t(tc)] - lc[size_t(tg)], rel_err(lg, lc));
+      EXPECT_LT(rel_err(lg, lc), kLogitTol) << "sequence " << i << " step " << step;
+      EXPECT_EQ(tg, gpu_argmax) << "the GPU sampled a token that is not its argmax";
+    }
   }
-  EXPECT_EQ(generated[0], generated[1]);
+  EXPECT_GE(agreed, 64) << "fewer than half of the 128 tokens agreed before a flip";
 }
 
 // Decode with graphs on and off (batch of 3 pads to bucket 4; then 5 pads to 8): same logits

@@ -30,8 +30,9 @@ TEST(DecodeAttentionBench, DISABLED_qwen25_head_shapes) {
   const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-3b", 16, 2, 128}, {"qwen2.5-7b", 28, 4, 128}};
   // max_len as bench offline runs it (context + output + slack), plus one 32k server setting where
   // most of the grid's partitions exit at once.
-  const Case cases[] = {{1, 512, 2112},     {64, 128, 2112},   {64, 2048, 2112}, {256, 128, 2112},
-                        {256, 2048, 2112}, {1, 512, 32768},   {256, 2048, 32768}};
+  const Case cases[] = {{1, 512, 2112},     {1, 2048, 2112},   {1, 8192, 8400},  {64, 128, 2112},
+                        {64, 2048, 2112},  {256, 128, 2112},  {256, 2048, 2112}, {1, 512, 32768},
+                        {256, 2048, 32768}};
   for (const HeadShape& h : shapes) {
     for (const Case& c : cases) {
       const api::DecodeAttentionBench r =

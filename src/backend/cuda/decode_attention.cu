@@ -295,20 +295,26 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   if (!is_last) return;
   __threadfence();
   // note: two passes so that no load waits on an earlier one. (1) one warp per query head: the
-  // max over partitions and the normaliser, lanes striding over the partitions; (2) each thread
-  // sums its outputs over the partitions with independent loads (a running-max merge chains
-  // every load behind the previous exp, ~num_parts L2 round trips: at batch 1, ctx 2048 and
-  // 33 partitions it was most of the kernel).
+  // max over partitions, each partition's weight exp2(m_p - max) * l_p (kept in shared memory
+  // when it fits) and the normaliser, lanes striding over the partitions; (2) each thread sums
+  // its outputs over the partitions with independent loads of the partial outputs only. (A
+  // running-max merge chains every load behind the previous exp: ~num_parts L2 round trips, at
+  // batch 1 and ctx 2048 (33 partitions) most of the kernel.)
   const int64_t part_stride = static_cast<int64_t>(a.num_tokens) * a.n_heads;
   const int64_t head_row0 = static_cast<int64_t>(tok) * a.n_heads + kvh * group;
+  float* wts = reinterpret_cast<float*>(smem_raw);  // [group][num_parts], the pipeline region
+  const bool wts_fit = static_cast<size_t>(group) * num_parts * sizeof(float) <= smem_bytes<D>();
   for (int q = warp; q < group; q += kWarps) {
     float mx = -INFINITY;
-    for (int p = lane; p < num_parts; p += 32) mx = fmaxf(mx, __ldcg(a.partial_ml + (p * part_stride + head_row0 + q) * 2));
+    for (int p = lane; p < num_parts; p += 32)
+      mx = fmaxf(mx, __ldcg(a.partial_ml + (p * part_stride + head_row0 + q) * 2));
     for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     float l = 0.f;
     for (int p = lane; p < num_parts; p += 32) {
       const int64_t row = p * part_stride + head_row0 + q;
-      l += fast_exp2(__ldcg(a.partial_ml + row * 2) - mx) * __ldcg(a.partial_ml + row * 2 + 1);
+      const float w = fast_exp2(__ldcg(a.partial_ml + row * 2) - mx) * __ldcg(a.partial_ml + row * 2 + 1);
+      if (wts_fit) wts[q * num_parts + p] = w;
+      l += w;
     }
     for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
     if (lane == 0) red_m[0][q] = mx, red_l[0][q] = l;
@@ -318,11 +324,17 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
     const int q = idx / D, d = idx % D;
     const float mx = red_m[0][q];
     float acc = 0.f;
+    if (wts_fit) {
 #pragma unroll 8
-    for (int p = 0; p < num_parts; ++p) {
-      const int64_t row = p * part_stride + head_row0 + q;
-      const float w = fast_exp2(__ldcg(a.partial_ml + row * 2) - mx) * __ldcg(a.partial_ml + row * 2 + 1);
-      acc = fmaf(__ldcg(a.partial_o + row * D + d), w, acc);
+      for (int p = 0; p < num_parts; ++p)
+        acc = fmaf(__ldcg(a.partial_o + (p * part_stride + head_row0 + q) * D + d), wts[q * num_parts + p], acc);
+    } else {
+#pragma unroll 8
+      for (int p = 0; p < num_parts; ++p) {
+        const int64_t row = p * part_stride + head_row0 + q;
+        const float w = fast_exp2(__ldcg(a.partial_ml + row * 2) - mx) * __ldcg(a.partial_ml + row * 2 + 1);
+        acc = fmaf(__ldcg(a.partial_o + row * D + d), w, acc);
+      }
     }
     a.out[(head_row0 + q) * D + d] = __float2bfloat16_rn(acc / red_l[0][q]);
   }

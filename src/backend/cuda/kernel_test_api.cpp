@@ -600,7 +600,7 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
 }
 
 DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,
-                                            int max_kv_len, int repeats, uint32_t seed) {
+                                            int max_kv_len, int repeats, uint32_t seed, int partition) {
   constexpr int kBlockSize = 16, kLaunchesPerGraph = 20, kWarmupReplays = 3;
   constexpr size_t kCopiesBytes = size_t(4) << 30;  // KV copies in all, so consecutive launches miss L2
   constexpr size_t kFlushBytes = size_t(256) << 20;  // written before each replay: evicts L2
@@ -643,7 +643,7 @@ DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int hea
   auto dpos = up_i32(positions);
 
   DecodeAttentionBench r;
-  r.partition_size = decode_partition_size(batch, n_kv_heads, max_kv_len, sms);
+  r.partition_size = partition > 0 ? partition : decode_partition_size(batch, n_kv_heads, max_kv_len, sms);
   r.max_partitions = CEIL_DIV(max_blocks * kBlockSize, r.partition_size);
   r.kv_bytes = 2.0 * double(batch) * ctx * n_kv_heads * head_dim * sizeof(__nv_bfloat16);
   Dev<__nv_bfloat16> out(size_t(batch) * n_heads * head_dim);

@@ -145,7 +145,8 @@ struct DecodeAttentionBench {
 // does. A CUDA graph of 20 launches, each on another copy of the caches where 4 GiB holds 20, is
 // replayed after an L2-evicting memset; the result is the median (and range) over `repeats`
 // replays of the time per launch, after 3 warm-up replays.
+// partition 0: the backend's policy (decode_partition_size); else that many keys per block.
 DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,
-                                            int max_kv_len, int repeats, uint32_t seed);
+                                            int max_kv_len, int repeats, uint32_t seed, int partition = 0);
 
 }  // namespace mpserve::backend::cuda::test_api

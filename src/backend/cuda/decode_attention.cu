@@ -1,5 +1,5 @@
 // Decode attention on tensor cores, one pass (flash-decoding), with the partition merge fused in.
-// note: a block is (sequence, kv head, partition of partition_size keys); its 4 warps take the
+// note: a block is (sequence, kv head, partition of keys: see sequence_partition); its 4 warps take the
 // partition's 16-key tiles round-robin and work independently: each streams its own tiles through
 // a kStages-deep cp.async pipeline in shared memory (no block barrier in the loop, 2 tiles in
 // flight per warp besides the one in use), computes S = Q K^T with mma.sync m16n8k16 (the GQA
@@ -104,6 +104,21 @@ __device__ __forceinline__ int frag_offset(int lane, int pair) {
 //   are 0); a lane holds S[q = g][keys 2t, 2t + 1] and [keys 8 + 2t, 9 + 2t] of its tile.
 //   O^T (16 d x 8 q) += V^T (16 d x 16 keys) . P^T (16 keys x 8 q): the B registers are exactly
 //   the lane's P values above; the lane holds O[q = 2t, 2t + 1][d = 16 m + g, 16 m + g + 8].
+// Keys per block for a sequence of kv_len keys: at least the bucket's partition (the grid is
+// sized for it); up to 512 keys one block (no merge at all); beyond, about 8 partitions
+// (a power of two, at most kDecodeMaxPartition). Measured on an H200 (DecodeAttentionBench
+// partition_sweep, batch 1 and 8, 0.5B/3B/7B heads): 512 keys per block was fastest at ctx 512
+// (3B 6.7 us vs 9.3 at 64), 256 at ctx 2048 (11.2 vs 16.5), 512 at ctx 8192 (15.7 vs 45.5):
+// fewer partitions shorten the last block's merge, enough of them keep the loads spread.
+__device__ __forceinline__ int sequence_partition(int kv_len, int bucket_partition) {
+  int p = kDecodeMaxPartition;
+  if (kv_len > kDecodeMaxPartition) {
+    p = 64;
+    while (p < kDecodeMaxPartition && p * 8 < kv_len) p *= 2;
+  }
+  return max(p, bucket_partition);
+}
+
 template <int D>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per key row
@@ -114,16 +129,17 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
 
   const int tok = blockIdx.x, kvh = blockIdx.y, part = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int P = a.partition_size;
+  // Positions and block tables are this step's host data: readable before pdl_wait(), so the
+  // partition choice and the table loads below overlap the previous kernel's tail.
+  const int kv_len = a.positions[tok] + 1;
+  const int P = sequence_partition(kv_len, a.partition_size);
   const int k_begin = part * P;
-  // Positions and block tables are this step's host data: readable before pdl_wait(). Lane j
-  // reads the table entry of its warp's tile j whether or not the sequence reaches it (every
-  // entry up to max_blocks_per_seq exists), so the two loads are not dependent.
+  // Lane j reads the table entry of its warp's tile j whether or not the sequence reaches it
+  // (every entry up to max_blocks_per_seq exists).
   const int lane_key = k_begin + (warp + lane * kWarps) * kTile;
   int64_t lane_blk = 0;
   if (lane_key < k_begin + P && lane_key < a.max_blocks_per_seq * a.block_size)
     lane_blk = a.block_tables[static_cast<int64_t>(tok) * a.max_blocks_per_seq + lane_key / a.block_size];
-  const int kv_len = a.positions[tok] + 1;
   if (k_begin >= kv_len) {
     pdl_wait();
     return;

@@ -105,16 +105,18 @@ __device__ __forceinline__ int frag_offset(int lane, int pair) {
 //   O^T (16 d x 8 q) += V^T (16 d x 16 keys) . P^T (16 keys x 8 q): the B registers are exactly
 //   the lane's P values above; the lane holds O[q = 2t, 2t + 1][d = 16 m + g, 16 m + g + 8].
 // Keys per block for a sequence of kv_len keys: at least the bucket's partition (the grid is
-// sized for it); up to 512 keys one block (no merge at all); beyond, about 8 partitions
-// (a power of two, at most kDecodeMaxPartition). Measured on an H200 (DecodeAttentionBench
-// partition_sweep, batch 1 and 8, 0.5B/3B/7B heads): 512 keys per block was fastest at ctx 512
-// (3B 6.7 us vs 9.3 at 64), 256 at ctx 2048 (11.2 vs 16.5), 512 at ctx 8192 (15.7 vs 45.5):
-// fewer partitions shorten the last block's merge, enough of them keep the loads spread.
+// sized for it); up to 512 keys one block (no merge at all); beyond, the smallest power of two
+// that gives at most 16 partitions. Measured on an H200 (DecodeAttentionBench partition_sweep,
+// batch 1 and 8, 0.5B/3B/7B heads): a merge costs ~2.5 us, so one block wins at ctx 512 (3B 6.7
+// us vs 9.3 with 8 partitions), 2-4 partitions are the worst choice (3B ctx 512: 11-13 us), and
+// 8-16 partitions are best for longer contexts (ctx 2048: 8.7-11.2 us vs 16.5 with 32; ctx 8192:
+// 15.7 us vs 45.5 with 128). In `bench offline` (contexts just past 512 and 2048) a "~8
+// partitions" rule landed on 5 partitions and lost 4-7% of the step.
 __device__ __forceinline__ int sequence_partition(int kv_len, int bucket_partition) {
   int p = kDecodeMaxPartition;
   if (kv_len > kDecodeMaxPartition) {
     p = 64;
-    while (p < kDecodeMaxPartition && p * 8 < kv_len) p *= 2;
+    while (p < kDecodeMaxPartition && p * 16 < kv_len) p *= 2;
   }
   return max(p, bucket_partition);
 }

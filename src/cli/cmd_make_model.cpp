@@ -54,7 +54,13 @@ void add_make_model_command(CLI::App& app) {
   std::string shapes;
   for (const auto& s : model::known_shapes()) shapes += (shapes.empty() ? "" : ", ") + s;
   CLI::App* cmd = app.add_subcommand("make-model", "write a model directory with random weights of a known shape");
-  cmd->add_option("--shape", f->shape, "one of: " + shapes)->required()->check(CLI::IsMember(model::known_shapes()));
+  cmd->add_option("--shape", f->shape,
+                  "one of: " + shapes +
+                      ". tiny (the embedded default) plants a next-token map, so greedy picks have wide margins "
+                      "and GPU and CPU agree; tiny-plain has tiny's dimensions and plain random weights, so its "
+                      "greedy tokens depend on the whole context (for tests comparing attention/KV-cache paths)")
+      ->required()
+      ->check(CLI::IsMember(model::known_shapes()));
   cmd->add_option("--out", f->out, "output directory (created)")->required();
   cmd->add_option("--seed", f->seed, "random seed")->capture_default_str();
   cmd->add_option("--tokenizer-dir", f->tokenizer_dir,

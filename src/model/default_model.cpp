@@ -1,4 +1,5 @@
-// Where make-model's tokenizer files come from, and the embedded default model in the cache.
+// Where make-model's tokenizer files come from, and make-model's models (the embedded default among
+// them) in the cache.
 #include <unistd.h>
 
 #include <atomic>
@@ -13,9 +14,6 @@ namespace mpserve::model {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Versioned, so a cache made by an older make-model (other weights) is not reused.
-const std::string kDefaultModelName = fmt::format("tiny-seed0-{}", kWeightsVersion);
 
 bool has_tokenizer_files(const fs::path& dir) {
   std::error_code ec;
@@ -54,10 +52,13 @@ Result<fs::path> find_tokenizer_source_dir() {
                         env::kTokenizerDir, source_tree.string());
 }
 
-Result<fs::path> ensure_default_model() {
+Result<fs::path> ensure_cached_model(const std::string& shape, uint64_t seed) {
+  MPS_RETURN_IF_ERROR(shape_config(shape).status());
   MPS_ASSIGN_OR_RETURN(fs::path cache, cache_dir());
   const fs::path models = cache / "models";
-  const fs::path target = models / kDefaultModelName;
+  // Versioned, so a cache made by an older make-model (other weights) is not reused.
+  const std::string name = fmt::format("{}-seed{}-{}", shape, seed, kWeightsVersion);
+  const fs::path target = models / name;
   std::error_code ec;
   // The directory only ever appears complete (renamed into place below), so existence is enough.
   if (fs::exists(target / "model.safetensors", ec)) return target;
@@ -71,17 +72,17 @@ Result<fs::path> ensure_default_model() {
   // non-empty one fails, so the loser discards its copy and uses the winner's.
   static std::atomic<uint64_t> counter{0};
   const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-  const fs::path tmp = models / fmt::format(".tmp-{}-{}-{}-{}", kDefaultModelName, ::getpid(), counter++, now);
-  log::info("creating the default model in {}", target.string());
+  const fs::path tmp = models / fmt::format(".tmp-{}-{}-{}-{}", name, ::getpid(), counter++, now);
+  log::info("creating the {} model (seed {}) in {}", shape, seed, target.string());
   MakeModelOptions opts;
-  opts.shape = "tiny";
-  opts.seed = 0;
+  opts.shape = shape;
+  opts.seed = seed;
   opts.out_dir = tmp;
   opts.tokenizer_source_dir = tokenizer_dir;
   Status st = make_model(opts);
   if (!st.is_ok()) {
     fs::remove_all(tmp, ec);
-    return st.with_context("creating the default model");
+    return st.with_context(fmt::format("creating the {} model", shape));
   }
   fs::rename(tmp, target, ec);
   if (ec) {
@@ -92,5 +93,7 @@ Result<fs::path> ensure_default_model() {
   }
   return target;
 }
+
+Result<fs::path> ensure_default_model() { return ensure_cached_model("tiny", 0); }
 
 }  // namespace mpserve::model

@@ -68,6 +68,7 @@ TEST(ShapeConfig, known_shapes_have_the_public_dimensions) {
   };
   const std::vector<Want> want = {
       {"tiny", 256, 4, 4, 2, 64, 768, 151936, false, 80941312},  // untied: plan_tensors' note
+      {"tiny-plain", 256, 4, 4, 2, 64, 768, 151936, true, 42045696},  // tiny as it was in weights v2
       {"qwen2.5-0.5b", 896, 24, 14, 2, 64, 4864, 151936, true, 494032768},
       {"qwen2.5-1.5b", 1536, 28, 12, 2, 128, 8960, 151936, true, 1543714304},
       {"qwen2.5-3b", 2048, 36, 16, 2, 128, 11008, 151936, true, 3085938688},
@@ -213,14 +214,30 @@ TEST(MakeModel, tiny_lm_head_rows_are_embedding_rows_in_one_cycle) {
 // make-model's initialisation changed on purpose: bump kWeightsVersion (model_writer.h) so the
 // cached default model is rebuilt, re-record tests/data/golden_tiny.json (docs/results/
 // golden_logits.md), and pin the new value.
-TEST(MakeModel, tiny_seed0_bytes_are_pinned) {
-  TempDir dir;
-  ASSERT_TRUE(make(dir.path(), 0).is_ok());
+std::string weights_fnv1a(const std::filesystem::path& dir) {
   const std::string bytes = read_bytes(dir / "model.safetensors");
   uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a 64
   for (unsigned char ch : bytes) h = (h ^ ch) * 0x100000001b3ull;
-  EXPECT_EQ(fmt::format("{:016x}", h), "de25d4fd74f4f2ce")
+  return fmt::format("{:016x}", h);
+}
+
+TEST(MakeModel, tiny_seed0_bytes_are_pinned) {
+  TempDir dir;
+  ASSERT_TRUE(make(dir.path(), 0).is_ok());
+  EXPECT_EQ(weights_fnv1a(dir.path()), "de25d4fd74f4f2ce")
       << "tiny seed 0 weights changed (weights version " << kWeightsVersion << ")";
+}
+
+// tiny-plain, seed 0 is byte for byte the tiny of weights v2 (tied, no planted map), whose greedy
+// tokens depend on the whole context; the attention / KV-cache path tests rely on that.
+TEST(MakeModel, tiny_plain_seed0_bytes_are_tiny_of_weights_v2) {
+  TempDir dir;
+  ASSERT_TRUE(make(dir.path(), 0, "tiny-plain").is_ok());
+  EXPECT_EQ(weights_fnv1a(dir.path()), "c48ee2da6de50d14")
+      << "tiny-plain seed 0 weights changed (weights version " << kWeightsVersion << ")";
+  auto w = load_model(dir.path());
+  ASSERT_TRUE(w.is_ok()) << w.error();
+  EXPECT_EQ((*w)->lm_head.data, (*w)->embed_tokens.data);
 }
 
 TEST(Llama3Tokenizer, derived_from_qwen_vocabulary_with_llama3_specials) {
@@ -307,6 +324,19 @@ TEST(DefaultModel, concurrent_first_use_builds_once_and_all_callers_agree) {
   auto again = ensure_default_model();
   ASSERT_TRUE(again.is_ok());
   EXPECT_EQ(*again, *results[0]);
+}
+
+TEST(DefaultModel, cached_models_are_named_by_shape_seed_and_weights_version) {
+  TempDir cache;
+  ScopedEnv env_cache(env::kCacheDir, cache.path().string());
+  ScopedEnv env_tok(env::kTokenizerDir, tokenizer_dir().string());
+  auto d = ensure_cached_model("tiny-plain", 3);
+  ASSERT_TRUE(d.is_ok()) << d.error();
+  EXPECT_EQ(*d, cache.path() / "models" / fmt::format("tiny-plain-seed3-{}", kWeightsVersion));
+  EXPECT_TRUE(load_model(*d).is_ok());
+  auto bad = ensure_cached_model("gpt-5", 0);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_THAT(bad.error(), HasSubstr("gpt-5"));
 }
 
 TEST(DefaultModel, tokenizer_dir_env_pointing_nowhere_is_an_error) {

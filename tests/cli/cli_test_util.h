@@ -10,6 +10,10 @@
 #include <fstream>
 #include <string>
 
+#include <gtest/gtest.h>
+
+#include "model/model_writer.h"
+
 namespace mpserve::testing {
 
 struct CommandResult {
@@ -47,6 +51,16 @@ inline CommandResult run_mpserve(const std::string& args, const std::string& std
   r.err = read_all(tmp / "stderr");
   std::filesystem::remove_all(tmp);
   return r;
+}
+
+// `--model <dir>` of make-model's tiny-plain (seed 0), made once in the test cache
+// ($MPSERVE_CACHE_DIR) and shared by every test process. For tests that compare two attention /
+// KV-cache paths by exact greedy tokens: the embedded tiny's greedy token is mostly the planted
+// successor of the last token (model_writer.h), so a broken path would still match there.
+inline std::string tiny_plain_model_arg() {
+  auto dir = model::ensure_cached_model("tiny-plain", 0);
+  EXPECT_TRUE(dir.is_ok()) << dir.error();
+  return dir.is_ok() ? " --model " + dir->string() : "";
 }
 
 }  // namespace mpserve::testing

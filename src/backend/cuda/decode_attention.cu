@@ -14,6 +14,7 @@
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/pdl.cuh"
 
 namespace mpserve::backend::cuda {
@@ -24,7 +25,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTile = 16;   // keys per warp step: the k extent of one P.V mma
 constexpr int kStages = 3;  // per-warp pipeline depth (tiles resident in shared memory)
 constexpr int kG = kDecodeMaxGroup;  // query heads per block = the N of the P.V mma
-constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kG == 8, "the P.V mma has N = 8 query heads");
 // A lane holds the cache offset of one of its warp's tiles, so a warp has at most 32 tiles.
 static_assert(kDecodeMaxPartition <= kTile * kWarps * 32, "partition too large for the tile offsets");
@@ -41,43 +41,6 @@ constexpr size_t smem_bytes() {
   return pipe > red ? pipe : red;
 }
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy; zero-fills when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
-               : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
-               : "memory");
-}
-
-// c (16x8 f32) += a (16x16 bf16, row) . b (16x8 bf16, col)
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf) = 0
   float y;

@@ -136,43 +136,62 @@ std::vector<float> linear(const std::vector<float>& x, const std::vector<float>&
   return down_f32(y);
 }
 
+// The device side of a qkv_rope_cache_write call shared by qkv_rope() and gemv_qkv_rope(): bias
+// (in the RoPE pair layout), inv_freq, positions and slots uploaded; q and both caches allocated
+// and poisoned; `args` filled except qkv, q_norm and k_norm.
+struct RopeIo {
+  std::unique_ptr<Dev<__nv_bfloat16>> bias;
+  std::unique_ptr<Dev<float>> inv;
+  std::unique_ptr<Dev<int32_t>> pos, slot;
+  Dev<__nv_bfloat16> q, kc, vc;
+  QkvRopeArgs args;
+
+  RopeIo(const std::vector<float>& bias_natural, const std::vector<float>& inv_freq,
+         const std::vector<int32_t>& positions, const std::vector<int32_t>& slots, int num_blocks, int n_heads,
+         int n_kv_heads, int head_dim, int block_size, float eps)
+      : bias(bias_natural.empty() ? nullptr
+                                  : up_bf16(rope_pair_order(bias_natural, int64_t(n_heads + 2 * n_kv_heads) * head_dim,
+                                                            1, int64_t(n_heads + n_kv_heads) * head_dim, head_dim))),
+        inv(up_f32(inv_freq)),
+        pos(up_i32(positions)),
+        slot(up_i32(slots)),
+        q(positions.size() * size_t(n_heads * head_dim)),
+        kc(size_t(num_blocks) * size_t(n_kv_heads) * size_t(block_size) * size_t(head_dim)),
+        vc(kc.n) {
+    q.poison();
+    kc.poison();
+    vc.poison();
+    args.bias = bias ? bias->p : nullptr;
+    args.inv_freq = inv->p;
+    args.positions = pos->p;
+    args.slot_mapping = slot->p;
+    args.q_out = q.p;
+    args.k_cache = kc.p;
+    args.v_cache = vc.p;
+    args.num_tokens = static_cast<int>(positions.size());
+    args.n_heads = n_heads;
+    args.n_kv_heads = n_kv_heads;
+    args.head_dim = head_dim;
+    args.block_size = block_size;
+    args.eps = eps;
+  }
+  QkvRopeOut download() const { return QkvRopeOut{down_bf16(q), down_bf16(kc), down_bf16(vc)}; }
+};
+
 QkvRopeOut qkv_rope(const std::vector<float>& qkv, const std::vector<float>& bias, const std::vector<float>& q_norm,
                     const std::vector<float>& k_norm, const std::vector<float>& inv_freq,
                     const std::vector<int32_t>& positions, const std::vector<int32_t>& slots, int num_blocks,
                     int n_heads, int n_kv_heads, int head_dim, int block_size, float eps) {
   const int64_t width = int64_t(n_heads + 2 * n_kv_heads) * head_dim, pairs = int64_t(n_heads + n_kv_heads) * head_dim;
-  std::unique_ptr<Dev<float>> dqkv(up_f32(rope_pair_order(qkv, width, 1, pairs, head_dim))), dinv(up_f32(inv_freq));
-  auto dbias = bias.empty() ? nullptr : up_bf16(rope_pair_order(bias, width, 1, pairs, head_dim));
+  std::unique_ptr<Dev<float>> dqkv(up_f32(rope_pair_order(qkv, width, 1, pairs, head_dim)));
   auto dqn = q_norm.empty() ? nullptr : up_bf16(q_norm);
   auto dkn = k_norm.empty() ? nullptr : up_bf16(k_norm);
-  auto dpos = up_i32(positions);
-  auto dslot = up_i32(slots);
-  const int t = static_cast<int>(positions.size());
-  Dev<__nv_bfloat16> q(size_t(t) * size_t(n_heads * head_dim));
-  const size_t cache = size_t(num_blocks) * size_t(n_kv_heads) * size_t(block_size) * size_t(head_dim);
-  Dev<__nv_bfloat16> kc(cache), vc(cache);
-  q.poison();
-  kc.poison();
-  vc.poison();
-  QkvRopeArgs a;
-  a.qkv = dqkv->p;
-  a.bias = dbias ? dbias->p : nullptr;
-  a.q_norm = dqn ? dqn->p : nullptr;
-  a.k_norm = dkn ? dkn->p : nullptr;
-  a.inv_freq = dinv->p;
-  a.positions = dpos->p;
-  a.slot_mapping = dslot->p;
-  a.q_out = q.p;
-  a.k_cache = kc.p;
-  a.v_cache = vc.p;
-  a.num_tokens = t;
-  a.n_heads = n_heads;
-  a.n_kv_heads = n_kv_heads;
-  a.head_dim = head_dim;
-  a.block_size = block_size;
-  a.eps = eps;
-  qkv_rope_cache_write(a, 0);
-  return QkvRopeOut{down_bf16(q), down_bf16(kc), down_bf16(vc)};
+  RopeIo io(bias, inv_freq, positions, slots, num_blocks, n_heads, n_kv_heads, head_dim, block_size, eps);
+  io.args.qkv = dqkv->p;
+  io.args.q_norm = dqn ? dqn->p : nullptr;
+  io.args.k_norm = dkn ? dkn->p : nullptr;
+  qkv_rope_cache_write(io.args, 0);
+  return io.download();
 }
 
 std::vector<float> attention(const std::vector<float>& q, const std::vector<float>& k_cache,
@@ -271,34 +290,12 @@ QkvRopeOut gemv_qkv_rope(bool fused, const std::vector<float>& residual, const s
                          int head_dim, int block_size, float eps, int n_tiles, int warps, int grid) {
   const int rows = static_cast<int>(positions.size());
   const int width = (n_heads + 2 * n_kv_heads) * head_dim, pairs = (n_heads + n_kv_heads) * head_dim;
-  std::unique_ptr<Dev<float>> res(up_f32(residual)), dinv(up_f32(inv_freq));
+  std::unique_ptr<Dev<float>> res(up_f32(residual));
   auto dnw = up_bf16(norm_w);
   auto dw = up_bf16(rope_pair_order(w, width, in, pairs, head_dim));
-  auto dbias = bias.empty() ? nullptr : up_bf16(rope_pair_order(bias, width, 1, pairs, head_dim));
-  auto dpos = up_i32(positions);
-  auto dslot = up_i32(slots);
-  Dev<__nv_bfloat16> q(size_t(rows) * size_t(n_heads * head_dim));
-  const size_t cache = size_t(num_blocks) * size_t(n_kv_heads) * size_t(block_size) * size_t(head_dim);
-  Dev<__nv_bfloat16> kc(cache), vc(cache);
+  RopeIo io(bias, inv_freq, positions, slots, num_blocks, n_heads, n_kv_heads, head_dim, block_size, eps);
   Dev<float> qkv(size_t(rows) * size_t(width));
-  q.poison();
-  kc.poison();
-  vc.poison();
   qkv.poison();
-  QkvRopeArgs r;
-  r.bias = dbias ? dbias->p : nullptr;
-  r.inv_freq = dinv->p;
-  r.positions = dpos->p;
-  r.slot_mapping = dslot->p;
-  r.q_out = q.p;
-  r.k_cache = kc.p;
-  r.v_cache = vc.p;
-  r.num_tokens = rows;
-  r.n_heads = n_heads;
-  r.n_kv_heads = n_kv_heads;
-  r.head_dim = head_dim;
-  r.block_size = block_size;
-  r.eps = eps;
   GemvArgs a;
   a.x = res->p;
   a.norm_w = dnw->p;
@@ -308,16 +305,16 @@ QkvRopeOut gemv_qkv_rope(bool fused, const std::vector<float>& residual, const s
   a.in = in;
   a.out = width;
   const GemvOut om = fused ? GemvOut::kQkvRope : GemvOut::kF32;
-  if (fused) a.rope = r;
+  if (fused) a.rope = io.args;
   else a.y = qkv.p;
   GemvPlan plan = gemv_plan(a, GemvIn::kRmsNorm, om, n_tiles, warps);
   if (grid > 0) plan.grid = grid;
   cuda::gemv(a, GemvIn::kRmsNorm, om, 0, &plan);
   if (!fused) {
-    r.qkv = qkv.p;
-    qkv_rope_cache_write(r, 0);
+    io.args.qkv = qkv.p;
+    qkv_rope_cache_write(io.args, 0);
   }
-  return QkvRopeOut{down_bf16(q), down_bf16(kc), down_bf16(vc)};
+  return io.download();
 }
 
 std::vector<float> gemv_chain(const std::vector<float>& x, const std::vector<float>& w_o, std::vector<float>& residual,

@@ -87,6 +87,27 @@ TEST_F(CudaKernels, linear_matches_cpu) {
   EXPECT_LT(rel_err(api::linear(x, w, rows, in, out), ref), 1e-4);  // bf16 operands are exact; f32 accumulate
 }
 
+// K and V of the first `rows` tokens read back out of the CUDA cache layout (num_blocks, nkv, bs,
+// D) at their slots, as (rows, nkv * D); `written` (cache-sized, if given) marks every element read.
+struct SlotReadBack {
+  std::vector<float> k, v;
+};
+SlotReadBack read_slots(const api::QkvRopeOut& got, const std::vector<int32_t>& slots, int rows, int nkv, int bs,
+                        int head_dim, std::vector<char>* written = nullptr) {
+  const size_t kd = size_t(nkv) * head_dim;
+  SlotReadBack r{std::vector<float>(size_t(rows) * kd), std::vector<float>(size_t(rows) * kd)};
+  for (int i = 0; i < rows; ++i)
+    for (int h = 0; h < nkv; ++h)
+      for (int d = 0; d < head_dim; ++d) {
+        const int blk = slots[size_t(i)] / bs, off = slots[size_t(i)] % bs;
+        const size_t src = ((size_t(blk) * nkv + h) * bs + off) * head_dim + d;
+        r.k[size_t(i) * kd + size_t(h) * head_dim + d] = got.k_cache[src];
+        r.v[size_t(i) * kd + size_t(h) * head_dim + d] = got.v_cache[src];
+        if (written) (*written)[src] = 1;
+      }
+  return r;
+}
+
 // bias + optional per-head q/k RMSNorm + RoPE + cache write, against the CPU ops composed the
 // way the CPU backend composes them.
 void check_qkv_rope(std::mt19937& rng, int head_dim, bool bias, bool qk_norm) {
@@ -121,18 +142,9 @@ void check_qkv_rope(std::mt19937& rng, int head_dim, bool bias, bool qk_norm) {
   cpu::rope(rq.data(), pos.data(), t, nh, head_dim, inv_freq);
   cpu::rope(rk.data(), pos.data(), t, nkv, head_dim, inv_freq);
   EXPECT_LT(rel_err(got.q, rq), kBf16Tol);
-  // Read the written slots back out of the CUDA layout (num_blocks, nkv, bs, D).
-  std::vector<float> gk(rk.size()), gv(rv.size());
-  for (int i = 0; i < t; ++i)
-    for (int h = 0; h < nkv; ++h)
-      for (int d = 0; d < head_dim; ++d) {
-        const int blk = slots[size_t(i)] / bs, off = slots[size_t(i)] % bs;
-        const size_t src = ((size_t(blk) * nkv + h) * bs + off) * head_dim + d;
-        gk[size_t(i) * k + h * head_dim + d] = got.k_cache[src];
-        gv[size_t(i) * k + h * head_dim + d] = got.v_cache[src];
-      }
-  EXPECT_LT(rel_err(gk, rk), kBf16Tol);
-  EXPECT_LT(rel_err(gv, rv), kBf16Tol);
+  const SlotReadBack g = read_slots(got, slots, t, nkv, bs, head_dim);
+  EXPECT_LT(rel_err(g.k, rk), kBf16Tol);
+  EXPECT_LT(rel_err(g.v, rv), kBf16Tol);
 }
 
 TEST_F(CudaKernels, qkv_rope_qwen2_bias_d128) { check_qkv_rope(rng_, 128, true, false); }
@@ -425,20 +437,11 @@ void check_gemv_qkv_rope(std::mt19937& rng, ThreadPool& pool, int rows, int head
   cpu::rope(rq.data(), pos.data(), rows, nh, head_dim, inv_freq);
   cpu::rope(rk.data(), pos.data(), real, nkv, head_dim, inv_freq);
   EXPECT_LT(rel_err(got.q, rq), kBf16Tol) << what;
-  // The real rows' slots out of the CUDA layout (num_blocks, nkv, bs, D); everything else poisoned.
-  std::vector<float> gk(rk.size()), gv(rv.size());
+  // The real rows' slots; everything else must still be poisoned.
   std::vector<char> written(got.k_cache.size(), 0);
-  for (int i = 0; i < real; ++i)
-    for (int h = 0; h < nkv; ++h)
-      for (int d = 0; d < head_dim; ++d) {
-        const int blk = slots[size_t(i)] / bs, off = slots[size_t(i)] % bs;
-        const size_t src = ((size_t(blk) * nkv + h) * bs + off) * head_dim + d;
-        gk[size_t(i) * k + h * head_dim + d] = got.k_cache[src];
-        gv[size_t(i) * k + h * head_dim + d] = got.v_cache[src];
-        written[src] = 1;
-      }
-  EXPECT_LT(rel_err(gk, rk), kBf16Tol) << what;
-  EXPECT_LT(rel_err(gv, rv), kBf16Tol) << what;
+  const SlotReadBack g = read_slots(got, slots, real, nkv, bs, head_dim, &written);
+  EXPECT_LT(rel_err(g.k, rk), kBf16Tol) << what;
+  EXPECT_LT(rel_err(g.v, rv), kBf16Tol) << what;
   size_t stray = 0;
   for (size_t e = 0; e < written.size(); ++e)
     stray += !written[e] && (!std::isnan(got.k_cache[e]) || !std::isnan(got.v_cache[e]));

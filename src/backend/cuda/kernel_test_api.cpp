@@ -545,6 +545,38 @@ std::vector<int32_t> sample(const std::vector<float>& logits, const std::vector<
 
 // ---- Decode attention (decode_attention.cu): launches on shared buffers, benchmark ----
 
+// The output, partials and zeroed merge counters of decode_attention over t tokens, and `args`
+// pointing at them with the shape filled in; q, the caches, positions and block tables are the
+// caller's to set.
+struct DecodeIo {
+  Dev<__nv_bfloat16> out;
+  Dev<float> po, pml;
+  Dev<int32_t> counters;
+  DecodeAttentionArgs args;
+
+  DecodeIo(int t, int n_heads, int n_kv_heads, int head_dim, int block_size, int max_blocks_per_seq,
+           int partition_size)
+      : out(size_t(t) * size_t(n_heads * head_dim)),
+        po(size_t(CEIL_DIV(max_blocks_per_seq * block_size, partition_size)) * size_t(t) * size_t(n_heads * head_dim)),
+        pml(size_t(CEIL_DIV(max_blocks_per_seq * block_size, partition_size)) * size_t(t) * size_t(n_heads) * 2),
+        counters(size_t(t) * size_t(n_kv_heads)) {
+    CUDA_CHECK(cudaMemset(counters.p, 0, counters.n * sizeof(int32_t)));
+    args.out = out.p;
+    args.max_blocks_per_seq = max_blocks_per_seq;
+    args.num_tokens = t;
+    args.n_heads = n_heads;
+    args.n_kv_heads = n_kv_heads;
+    args.head_dim = head_dim;
+    args.block_size = block_size;
+    args.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    args.partition_size = partition_size;
+    args.max_partitions = CEIL_DIV(max_blocks_per_seq * block_size, partition_size);
+    args.partial_o = po.p;
+    args.partial_ml = pml.p;
+    args.counters = counters.p;
+  }
+};
+
 std::vector<std::vector<float>> decode_attention_launches(const std::vector<float>& q,
                                                           const std::vector<float>& k_cache,
                                                           const std::vector<float>& v_cache,
@@ -557,41 +589,23 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
   auto dv = up_bf16(v_cache);
   auto dbt = up_i32(block_tables);
   const int t = static_cast<int>(positions_per_launch.at(0).size());
-  const int parts = CEIL_DIV(max_blocks_per_seq * block_size, partition_size);
   Dev<int32_t> dpos(static_cast<size_t>(t));
-  Dev<__nv_bfloat16> out(size_t(t) * size_t(n_heads * head_dim));
-  Dev<float> po(size_t(parts) * size_t(t) * size_t(n_heads * head_dim));
-  Dev<float> pml(size_t(parts) * size_t(t) * size_t(n_heads) * 2);
-  Dev<int32_t> counters(size_t(t) * size_t(n_kv_heads));
-  CUDA_CHECK(cudaMemset(counters.p, 0, counters.n * sizeof(int32_t)));
-  DecodeAttentionArgs a;
+  DecodeIo io(t, n_heads, n_kv_heads, head_dim, block_size, max_blocks_per_seq, partition_size);
+  DecodeAttentionArgs& a = io.args;
   a.q = dq->p;
   a.k_cache = dk->p;
   a.v_cache = dv->p;
-  a.out = out.p;
   a.positions = dpos.p;
   a.block_tables = dbt->p;
-  a.max_blocks_per_seq = max_blocks_per_seq;
-  a.num_tokens = t;
-  a.n_heads = n_heads;
-  a.n_kv_heads = n_kv_heads;
-  a.head_dim = head_dim;
-  a.block_size = block_size;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  a.partition_size = partition_size;
-  a.max_partitions = parts;
-  a.partial_o = po.p;
-  a.partial_ml = pml.p;
-  a.counters = counters.p;
   std::vector<std::vector<float>> outs;
   for (const std::vector<int32_t>& positions : positions_per_launch) {
     CUDA_SHAPE_CHECK(static_cast<int>(positions.size()) == t);
     CUDA_CHECK(cudaMemcpy(dpos.p, positions.data(), positions.size() * 4, cudaMemcpyHostToDevice));
-    out.poison();
-    po.poison();
-    pml.poison();
+    io.out.poison();
+    io.po.poison();
+    io.pml.poison();
     cuda::decode_attention(a, 0);
-    outs.push_back(down_bf16(out));
+    outs.push_back(down_bf16(io.out));
   }
   return outs;
 }
@@ -643,29 +657,12 @@ DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int hea
   r.partition_size = partition > 0 ? partition : decode_partition_size(batch, n_kv_heads, max_kv_len, sms);
   r.max_partitions = CEIL_DIV(max_blocks * kBlockSize, r.partition_size);
   r.kv_bytes = 2.0 * double(batch) * ctx * n_kv_heads * head_dim * sizeof(__nv_bfloat16);
-  Dev<__nv_bfloat16> out(size_t(batch) * n_heads * head_dim);
-  Dev<float> po(size_t(r.max_partitions) * batch * n_heads * head_dim);
-  Dev<float> pml(size_t(r.max_partitions) * batch * n_heads * 2);
-  Dev<int32_t> counters(size_t(batch) * n_kv_heads);
-  CUDA_CHECK(cudaMemset(counters.p, 0, counters.n * sizeof(int32_t)));
   Dev<unsigned char> flush(kFlushBytes);
-  DecodeAttentionArgs a;
+  DecodeIo io(batch, n_heads, n_kv_heads, head_dim, kBlockSize, max_blocks, r.partition_size);
+  DecodeAttentionArgs& a = io.args;
   a.q = dq->p;
-  a.out = out.p;
   a.positions = dpos->p;
   a.block_tables = dbt->p;
-  a.max_blocks_per_seq = max_blocks;
-  a.num_tokens = batch;
-  a.n_heads = n_heads;
-  a.n_kv_heads = n_kv_heads;
-  a.head_dim = head_dim;
-  a.block_size = kBlockSize;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  a.partition_size = r.partition_size;
-  a.max_partitions = r.max_partitions;
-  a.partial_o = po.p;
-  a.partial_ml = pml.p;
-  a.counters = counters.p;
   auto set_copy = [&](int i) {
     a.k_cache = kv.p + 2 * size_t(i % copies) * layer_elems;
     a.v_cache = a.k_cache + layer_elems;

@@ -23,6 +23,7 @@ struct ModelShape {
 };
 constexpr ModelShape kShapes[] = {
     {"0.5b", 896, 896, 128, 4864},
+    {"1.5b", 1536, 1536, 256, 8960},
     {"3b", 2048, 2048, 256, 11008},
     {"7b", 3584, 3584, 512, 18944},
 };
@@ -74,12 +75,12 @@ TEST_F(GemvBench, DISABLED_linears_vs_cublaslt) {
 
 // Tile height and warps per block around the launcher's choice, for retuning gemv_plan.
 TEST_F(GemvBench, DISABLED_plan_sweep) {
-  for (const ModelShape& m : {kShapes[0], kShapes[2]}) {
+  for (const ModelShape& m : {kShapes[0], kShapes[3]}) {  // 0.5b, 7b
     const std::string qkv = std::string(m.name) + "_qkv";
     const std::string down = std::string(m.name) + "_down";
     for (int rows : {1, 8}) {
       for (int n_tiles : {1, 2, 4}) {
-        for (int warps : {4, 8, 16}) {
+        for (int warps : {4, 7, 8, 14, 16}) {
           print("gemv_sweep", qkv, rows,
                 api::gemv_bench(api::GemvMode::kNormF32, false, rows, m.hidden, m.q_dim + 2 * m.kv_dim, kRepeats,
                                 n_tiles, warps));

@@ -9,7 +9,9 @@
 #   MODELS       models for the offline rows (default "0.5b 3b")
 #   ROWS         offline rows, ';'-separated "batch:input:output" (default "1:2048:8;1:512:64")
 #   VARIANTS     ';'-separated env settings, each run for every row (default "" = one plain run),
-#                e.g. "MPSERVE_CUDA_PDL=0;MPSERVE_CUDA_PDL=1"
+#                e.g. "MPSERVE_CUDA_PDL=0;MPSERVE_CUDA_PDL=1"; a variant "bin:NAME" runs PACK_DIR/NAME
+#                instead of PACK_DIR/mpserve (A/B of two builds on one machine, e.g. a baseline
+#                binary copied into the pack as mpserve_base)
 #   REPEATS      bench repeats (default 3); PROFILE=1 adds a --profile pass of the first row
 #   MODEL_ROOT   where the random models are made (default /tmp/mpserve-models)
 # Every bench line goes to $OUT/offline.log prefixed by "model variant"; a table ends the output.
@@ -59,8 +61,10 @@ for step in $STEPS; do
           IFS=: read -r b in olen <<<"$row"
           for v in "${variants[@]}"; do
             stamp "bench $m b=$b in=$in out=$olen [$v]"
+            bin=$BIN envs=${v/plain/}
+            if [[ $v == bin:* ]]; then bin="$PACK/${v#bin:}" envs=""; fi
             # shellcheck disable=SC2086
-            env ${v/plain/} "$BIN" bench offline --model "$dir" --device cuda --max-num-seqs 256 \
+            env $envs "$bin" bench offline --model "$dir" --device cuda --max-num-seqs 256 \
               --max-num-batched-tokens 2048 --max-model-len $((in + olen + 16)) --batch "$b" --input-len "$in" \
               --output-len "$olen" --repeats "$REPEATS" --warmup 1 >"$OUT/run.log" 2>&1 || echo "bench failed"
             grep -E '^(bench_offline|ceilings):' "$OUT/run.log" | sed "s|^|$m [$v] |" | tee -a "$OUT/offline.log"

@@ -102,7 +102,9 @@ size_t smem_bytes(GemvIn in_mode, int rows, int in, int warps, int n_tiles) {
 }
 
 template <GemvIn IN, GemvOut OUT, int NT>
-__global__ void __launch_bounds__(kMaxWarps * 32) gemv_kernel(GemvArgs a) {
+// note: two blocks per SM (at most 64 registers a thread) for one and two n-tiles: twice the weight
+// loads in flight. Four n-tiles (5..8 rows) need ~72 and spill at 64, which measured slower.
+__global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(GemvArgs a) {
   constexpr int U = kLoads / NT;
   constexpr bool kSwiGlu = OUT == GemvOut::kSwiGlu;
   constexpr int kOut = outputs_per_tile<OUT>(NT);
@@ -214,9 +216,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_kernel(GemvArgs a) {
     }
   };
 
-  // note: x in shared memory is read right before its MMAs; x in global memory (L1/L2) is
-  // double-buffered like the weights.
-  constexpr bool kPrefetchX = IN != GemvIn::kRmsNorm;
+  // note: x is read right before its MMAs, from shared memory or from global memory (L1/L2: every
+  // block reads all of it). Double-buffering global x like the weights cost 26-42 more registers
+  // (106 at one n-tile): one 480-thread block per SM instead of two, and the o and down GEMVs
+  // streamed at 2.1-3.1 TB/s where the two-block norm GEMVs reached 3.9-4.25 on an H200.
+  constexpr bool kPrefetchX = false;
   uint4 xc[U], xn[U];
   if (kPrefetchX && warp < kblocks) load_x(xc, warp);
   int buf = 0;

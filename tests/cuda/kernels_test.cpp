@@ -218,7 +218,7 @@ TEST_F(CudaKernels, attention_decode_split_k_matches_unsplit) {
 // poisoned before each), so a later launch with other lengths checks that the fused merge left
 // its counters at 0. ctx is the query's position: ctx + 1 keys are visible.
 void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv,
-                            const std::vector<std::vector<int>>& ctxs_per_launch, int partition) {
+                            const std::vector<std::vector<int>>& ctxs_per_launch, int partition, int warps = 0) {
   const int bs = 16, max_blocks = 128;
   const int qd = nh * head_dim, t = int(ctxs_per_launch.at(0).size());
   std::vector<int> longest(size_t(t), 0);  // the tables cover each sequence's longest launch
@@ -241,7 +241,8 @@ void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv,
   std::vector<std::vector<int32_t>> positions;
   for (const auto& ctxs : ctxs_per_launch) positions.emplace_back(ctxs.begin(), ctxs.end());
   auto q = round_bf16(random_vec(size_t(t) * qd, rng));
-  auto got = api::decode_attention_launches(q, kc, vc, positions, tables, max_blocks, nh, nkv, head_dim, bs, partition);
+  auto got =
+      api::decode_attention_launches(q, kc, vc, positions, tables, max_blocks, nh, nkv, head_dim, bs, partition, warps);
   std::vector<float> kr(kc.size()), vr(vc.size());
   for (int b = 0; b < num_blocks; ++b)
     for (int h = 0; h < nkv; ++h)
@@ -263,22 +264,25 @@ void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv,
                            ref.data() + size_t(s) * qd, pool);
     }
     EXPECT_LT(rel_err(got.at(l), ref), kBf16Tol) << "head_dim " << head_dim << " heads " << nh << "/" << nkv
-                                                 << " partition " << partition << " launch " << l;
+                                                 << " partition " << partition << " warps " << warps << " launch " << l;
   }
 }
 
+// Blocks of 4 and of 8 warps (decode_warps picks 8 for steps with few sequences).
 TEST_F(CudaKernels, decode_attention_matches_cpu_over_partitions_and_groups) {
-  for (int partition : {64, 128, 512}) {
-    check_decode_attention(rng_, 64, 14, 2, {{0, 5, 127, 700, 1000}}, partition);  // Qwen2.5-0.5B: group 7
-    check_decode_attention(rng_, 128, 28, 4, {{900, 1, 63, 64, 511}}, partition);  // 7B: group 7
-    check_decode_attention(rng_, 128, 16, 2, {{300, 17}}, partition);              // 3B: group 8
-    check_decode_attention(rng_, 128, 12, 2, {{1023, 33}}, partition);             // 1.5B: group 6
-    for (int group = 1; group <= 8; ++group) {
-      // One sequence inside one tile, one inside one partition, several over many partitions
-      // (lengths off multiples of 16 and of the partition), one exactly at a partition's end.
-      const std::vector<int> ctxs = {0, 15, 16, 200, partition - 1, 777, 1500, 2047};
-      check_decode_attention(rng_, 64, 2 * group, 2, {ctxs}, partition);
-      check_decode_attention(rng_, 128, 2 * group, 2, {ctxs}, partition);
+  for (int warps : {4, 8}) {
+    for (int partition : {64, 128, 512}) {
+      check_decode_attention(rng_, 64, 14, 2, {{0, 5, 127, 700, 1000}}, partition, warps);  // 0.5B: group 7
+      check_decode_attention(rng_, 128, 28, 4, {{900, 1, 63, 64, 511}}, partition, warps);  // 7B: group 7
+      check_decode_attention(rng_, 128, 16, 2, {{300, 17}}, partition, warps);              // 3B: group 8
+      check_decode_attention(rng_, 128, 12, 2, {{1023, 33}}, partition, warps);             // 1.5B: group 6
+      for (int group = 1; group <= 8; ++group) {
+        // One sequence inside one tile, one inside one partition, several over many partitions
+        // (lengths off multiples of 16 and of the partition), one exactly at a partition's end.
+        const std::vector<int> ctxs = {0, 15, 16, 200, partition - 1, 777, 1500, 2047};
+        check_decode_attention(rng_, 64, 2 * group, 2, {ctxs}, partition, warps);
+        check_decode_attention(rng_, 128, 2 * group, 2, {ctxs}, partition, warps);
+      }
     }
   }
 }

@@ -70,12 +70,18 @@ struct DecodeAttentionArgs {
   // (T, n_kv_heads) int32, all 0 before the first launch; every launch leaves them 0 again (the
   // merging block resets its counter), so one buffer serves every layer and graph replay.
   int32_t* counters = nullptr;
+  int warps = 0;  // warps per block, 4 or 8; 0 = decode_warps(num_tokens, n_kv_heads)
 };
 
 // Keys per decode partition: the smallest power of two (64..kDecodeMaxPartition) that still gives
 // about two blocks per SM when every sequence is max_kv_len long. Fixed per batch bucket so eager
 // and graph runs launch the same grid.
 int decode_partition_size(int num_tokens, int n_kv_heads, int max_kv_len, int num_sms);
+
+// Warps per decode-attention block: 8 when the step has at most 16 (sequence, kv head) pairs
+// (batch-1 decode is latency: twice the warps halve each warp's chain of tiles), else 4. A function
+// of the batch bucket only, so eager and graph runs of a bucket launch the same kernel.
+int decode_warps(int num_tokens, int n_kv_heads);
 
 void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream);
 

@@ -1,6 +1,7 @@
 // Decode attention on tensor cores, one pass (flash-decoding), with the partition merge fused in.
-// note: a block is (sequence, kv head, partition of keys: see sequence_partition); its 4 warps take the
-// partition's 16-key tiles round-robin and work independently: each streams its own tiles through
+// note: a block is (sequence, kv head, partition of keys: see sequence_partition); its 4 or 8
+// warps (decode_warps: 8 when the step has few (sequence, kv head) pairs) take the partition's
+// 16-key tiles round-robin and work independently: each streams its own tiles through
 // a kStages-deep cp.async pipeline in shared memory (no block barrier in the loop, 2 tiles in
 // flight per warp besides the one in use), computes S = Q K^T with mma.sync m16n8k16 (the GQA
 // group's <= 8 query rows padded to 16), keeps an online softmax in registers (exp2, scale folded
@@ -20,24 +21,23 @@
 namespace mpserve::backend::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
 constexpr int kTile = 16;   // keys per warp step: the k extent of one P.V mma
 constexpr int kStages = 3;  // per-warp pipeline depth (tiles resident in shared memory)
 constexpr int kG = kDecodeMaxGroup;  // query heads per block = the N of the P.V mma
 static_assert(kG == 8, "the P.V mma has N = 8 query heads");
-// A lane holds the cache offset of one of its warp's tiles, so a warp has at most 32 tiles.
-static_assert(kDecodeMaxPartition <= kTile * kWarps * 32, "partition too large for the tile offsets");
+// A lane holds the cache offset of one of its warp's tiles, so a warp has at most 32 tiles
+// (blocks have 4 or 8 warps, see decode_warps).
+static_assert(kDecodeMaxPartition <= kTile * 4 * 32, "partition too large for the tile offsets");
 
 // Per warp and stage: K tile [kTile][D] then V tile [kTile][D] (bf16). At the end the region
-// becomes the warps' f32 outputs [kWarps][kG][D + 4] (row stride D + 4: the fragment stores of a
+// becomes the warps' f32 outputs [W][kG][D + 4] (row stride D + 4: the fragment stores of a
 // warp hit 32 distinct banks).
 template <int D>
 constexpr int kStageElems = 2 * kTile * D;
-template <int D>
+template <int D, int W>
 constexpr size_t smem_bytes() {
-  constexpr size_t pipe = sizeof(__nv_bfloat16) * kWarps * kStages * kStageElems<D>;
-  constexpr size_t red = sizeof(float) * kWarps * kG * (D + 4);
+  constexpr size_t pipe = sizeof(__nv_bfloat16) * W * kStages * kStageElems<D>;
+  constexpr size_t red = sizeof(float) * W * kG * (D + 4);
   return pipe > red ? pipe : red;
 }
 
@@ -84,8 +84,10 @@ __device__ __forceinline__ int sequence_partition(int kv_len, int bucket_partiti
   return max(p, bucket_partition);
 }
 
-template <int D>
-__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
+template <int D, int W>
+__global__ void __launch_bounds__(W * 32) decode_attention_kernel(DecodeAttentionArgs a) {
+  constexpr int kWarps = W;
+  constexpr int kThreads = W * 32;
   constexpr int kChunks = D / 8;  // 16-byte chunks per key row
   constexpr int kRow = D + 4;     // f32 row stride of the warp-merge buffer
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -284,7 +286,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   const int64_t part_stride = static_cast<int64_t>(a.num_tokens) * a.n_heads;
   const int64_t head_row0 = static_cast<int64_t>(tok) * a.n_heads + kvh * group;
   float* wts = reinterpret_cast<float*>(smem_raw);  // [group][num_parts], the pipeline region
-  const bool wts_fit = static_cast<size_t>(group) * num_parts * sizeof(float) <= smem_bytes<D>();
+  const bool wts_fit = static_cast<size_t>(group) * num_parts * sizeof(float) <= smem_bytes<D, W>();
   for (int q = warp; q < group; q += kWarps) {
     float mx = -INFINITY;
     for (int p = lane; p < num_parts; p += 32)
@@ -321,19 +323,25 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   }
 }
 
-template <int D>
+template <int D, int W>
 void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
   static bool attr_set = false;  // raise the dynamic shared-memory limit once per instantiation
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem_bytes<D>())));
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem_bytes<D, W>())));
     attr_set = true;
   }
-  launch_kernel(decode_attention_kernel<D>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(kThreads),
-                smem_bytes<D>(), stream, a);
+  launch_kernel(decode_attention_kernel<D, W>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(W * 32),
+                smem_bytes<D, W>(), stream, a);
 }
 
 }  // namespace
+
+// note: measured on an H200 (DecodeAttentionBench partition_sweep_small_batch, L2 evicted): at
+// batch 1, 8 warps take 0.5B/3B/7B decode attention from 5.5/6.6/6.6 to 4.3/5.7/5.6 us at ctx 512
+// and from 8.4/11.2/11.0 to 6.4/8.7/9.0 at ctx 2048; at batch 8 they still win with 2 kv heads (16
+// pairs: 3B ctx 2048 11.9 vs 13.5 us) but lose with 4 (7B, 32 pairs: 19.6 vs 17.0).
+int decode_warps(int num_tokens, int n_kv_heads) { return num_tokens * n_kv_heads <= 16 ? 8 : 4; }
 
 int decode_partition_size(int num_tokens, int n_kv_heads, int max_kv_len, int num_sms) {
   const int want = CEIL_DIV(2 * num_sms, num_tokens * n_kv_heads);
@@ -351,11 +359,13 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(a.max_partitions >= 1 && a.max_partitions <= 65535);
   CUDA_SHAPE_CHECK(a.max_partitions * a.partition_size >= a.max_blocks_per_seq * a.block_size);
   CUDA_SHAPE_CHECK(a.max_partitions == 1 || (a.partial_o && a.partial_ml && a.counters));
+  CUDA_SHAPE_CHECK(a.warps == 0 || a.warps == 4 || a.warps == 8);
   if (a.num_tokens == 0) return;
+  const int w = a.warps ? a.warps : decode_warps(a.num_tokens, a.n_kv_heads);
   if (a.head_dim == 64) {
-    launch<64>(a, stream);
+    w == 8 ? launch<64, 8>(a, stream) : launch<64, 4>(a, stream);
   } else {
-    launch<128>(a, stream);
+    w == 8 ? launch<128, 8>(a, stream) : launch<128, 4>(a, stream);
   }
 }
 

@@ -583,7 +583,8 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
                                                           const std::vector<std::vector<int32_t>>& positions_per_launch,
                                                           const std::vector<int32_t>& block_tables,
                                                           int max_blocks_per_seq, int n_heads, int n_kv_heads,
-                                                          int head_dim, int block_size, int partition_size) {
+                                                          int head_dim, int block_size, int partition_size,
+                                                          int warps) {
   auto dq = up_bf16(q);
   auto dk = up_bf16(k_cache);
   auto dv = up_bf16(v_cache);
@@ -597,6 +598,7 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
   a.v_cache = dv->p;
   a.positions = dpos.p;
   a.block_tables = dbt->p;
+  a.warps = warps;
   std::vector<std::vector<float>> outs;
   for (const std::vector<int32_t>& positions : positions_per_launch) {
     CUDA_SHAPE_CHECK(static_cast<int>(positions.size()) == t);
@@ -611,7 +613,8 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
 }
 
 DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,
-                                            int max_kv_len, int repeats, uint32_t seed, int partition) {
+                                            int max_kv_len, int repeats, uint32_t seed, int partition,
+                                            int warps) {
   constexpr int kBlockSize = 16, kLaunchesPerGraph = 20, kWarmupReplays = 3;
   constexpr size_t kCopiesBytes = size_t(4) << 30;  // KV copies in all, so consecutive launches miss L2
   constexpr size_t kFlushBytes = size_t(256) << 20;  // written before each replay: evicts L2
@@ -663,6 +666,8 @@ DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int hea
   a.q = dq->p;
   a.positions = dpos->p;
   a.block_tables = dbt->p;
+  a.warps = warps;
+  r.warps = warps > 0 ? warps : decode_warps(batch, n_kv_heads);
   auto set_copy = [&](int i) {
     a.k_cache = kv.p + 2 * size_t(i % copies) * layer_elems;
     a.v_cache = a.k_cache + layer_elems;

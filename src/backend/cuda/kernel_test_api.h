@@ -124,20 +124,23 @@ std::vector<int32_t> sample(const std::vector<float>& logits, const std::vector<
 
 // Launches decode attention once per entry of positions_per_launch (each T long) on the same
 // device buffers (q, caches, tables, out, partials, merge counters, zeroed once), out and partials
-// poisoned before each launch; returns each launch's out (T, n_heads * head_dim).
+// poisoned before each launch; returns each launch's out (T, n_heads * head_dim). warps: 4 or 8 per
+// block, 0 = the launcher's choice (decode_warps).
 std::vector<std::vector<float>> decode_attention_launches(const std::vector<float>& q,
                                                           const std::vector<float>& k_cache,
                                                           const std::vector<float>& v_cache,
                                                           const std::vector<std::vector<int32_t>>& positions_per_launch,
                                                           const std::vector<int32_t>& block_tables,
                                                           int max_blocks_per_seq, int n_heads, int n_kv_heads,
-                                                          int head_dim, int block_size, int partition_size);
+                                                          int head_dim, int block_size, int partition_size,
+                                                          int warps = 0);
 
 struct DecodeAttentionBench {
   double us_median = 0, us_min = 0, us_max = 0;  // per launch
   double kv_bytes = 0;                           // K + V bytes one launch reads
   int partition_size = 0;                        // decode_partition_size() on this device
   int max_partitions = 0;
+  int warps = 0;                                 // per block (decode_warps() unless forced)
   int kv_copies = 0;                             // cache copies the launches rotate through
 };
 // Times decode attention over `batch` sequences of `ctx` keys (random bf16 q and KV, cache blocks
@@ -146,7 +149,9 @@ struct DecodeAttentionBench {
 // replayed after an L2-evicting memset; the result is the median (and range) over `repeats`
 // replays of the time per launch, after 3 warm-up replays.
 // partition 0: the backend's policy (decode_partition_size); else that many keys per block.
+// warps 0: the backend's policy (decode_warps); else 4 or 8 per block.
 DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,
-                                            int max_kv_len, int repeats, uint32_t seed, int partition = 0);
+                                            int max_kv_len, int repeats, uint32_t seed, int partition = 0,
+                                            int warps = 0);
 
 }  // namespace mpserve::backend::cuda::test_api

@@ -7,7 +7,9 @@ namespace {
 
 constexpr int kWarps = 4;
 
-// One block per token, one warp per head (round robin). Lane l holds dims l + 32*j of the head,
+// Block (token, group of kWarps heads), one warp per head: every head's chain of loads, RoPE and
+// stores runs in parallel (a block per token looping its warps over the heads took 4.6 us per
+// layer at batch 64 on the 0.5B shape, H200, Nsight Compute). Lane l holds dims l + 32*j of the head,
 // so the rotate-half partner (i + D/2) of every dim sits in the same lane; q and k arrive in the
 // pair layout (qkv_rope.cuh), where the pair of dim i is the float2 at column 2i.
 template <int D>
@@ -25,7 +27,9 @@ __global__ void __launch_bounds__(kWarps * 32) qkv_rope_kernel(QkvRopeArgs a) {
   const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
   const int pos = a.positions[t];
   const int slot = a.slot_mapping[t];
-  for (int h = warp; h < total_heads; h += kWarps) {
+  {
+    const int h = blockIdx.y * kWarps + warp;
+    if (h >= total_heads) return;
     const int base = h * D;  // column of the head inside [q | k | v]
     const bool is_q = h < a.n_heads;
     const bool is_v = h >= a.n_heads + a.n_kv_heads;
@@ -86,8 +90,9 @@ void qkv_rope_cache_write(const QkvRopeArgs& a, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(a.head_dim == 64 || a.head_dim == 128);
   CUDA_SHAPE_CHECK(a.block_size > 0 && a.qkv && a.q_out && a.k_cache && a.v_cache && a.inv_freq);
   if (a.num_tokens == 0) return;
-  launch_kernel(a.head_dim == 64 ? qkv_rope_kernel<64> : qkv_rope_kernel<128>, dim3(a.num_tokens), dim3(kWarps * 32), 0,
-                stream, a);
+  const int heads = a.n_heads + 2 * a.n_kv_heads;
+  launch_kernel(a.head_dim == 64 ? qkv_rope_kernel<64> : qkv_rope_kernel<128>,
+                dim3(a.num_tokens, CEIL_DIV(heads, kWarps)), dim3(kWarps * 32), 0, stream, a);
 }
 
 }  // namespace mpserve::backend::cuda

@@ -71,15 +71,19 @@ struct StepOutput {
   std::vector<float> logits;
 };
 
-// Host-side timing of the last step(), for benchmarks (bench offline).
+// Host-side timing of the last launched step, for benchmarks (bench offline).
+// note: wait_us belongs to the most recent collect(), which under async scheduling is the step
+// before the launched one (the engine collects step t, then launches t + 1): the time the engine
+// blocked on the device during its last step(), so step wall time minus wait_us is the host work
+// of that step() in both modes (with async scheduling, part of it overlapped the device).
 struct StepTimings {
   bool valid = false;        // false: the backend does not time its steps
   bool decode_only = false;  // every entry ran one token and sampled
   bool graph = false;        // replayed a captured CUDA graph
   int32_t num_tokens = 0;
   int32_t num_seqs = 0;
-  double host_us = 0;        // inside step() but not blocked on the device (packing, launches)
-  double wait_us = 0;        // blocked on the device
+  double host_us = 0;        // inside launch() + collect() but not blocked on the device (packing, launches)
+  double wait_us = 0;        // the last collect() blocked on the device
 };
 
 // The card's two ceilings, measured by the backend on its own device.

@@ -92,6 +92,35 @@ TEST_F(GemvBench, DISABLED_plan_sweep) {
   }
 }
 
+// Every linear at one row with the launcher's grid (as many blocks as stay resident) and with the
+// grid that gives every block the same number of tiles in as many rounds (ceil(tiles / rounds)):
+// the second leaves SMs partly idle in every round instead of most of them in the last one.
+TEST_F(GemvBench, DISABLED_balanced_grid) {
+  for (const ModelShape& m : kShapes) {
+    struct Linear {
+      const char* name;
+      api::GemvMode mode;
+      int in, out, outputs_per_tile;
+    };
+    const Linear linears[] = {
+        {"qkv", api::GemvMode::kNormF32, m.hidden, m.q_dim + 2 * m.kv_dim, 8},
+        {"o", api::GemvMode::kAddF32, m.q_dim, m.hidden, 8},
+        {"gate_up", api::GemvMode::kNormSwiGlu, m.hidden, m.inter, 8},
+        {"down", api::GemvMode::kAddF32, m.inter, m.hidden, 8},
+    };
+    for (const Linear& l : linears) {
+      const std::string shape = std::string(m.name) + "_" + l.name;
+      const api::GemvBench full = api::gemv_bench(l.mode, false, 1, l.in, l.out, kRepeats);
+      print("gemv_grid_full", shape, 1, full);
+      const int tiles = (l.out + l.outputs_per_tile - 1) / l.outputs_per_tile;
+      const int rounds = (tiles + full.grid - 1) / full.grid;
+      const int balanced = (tiles + rounds - 1) / rounds;
+      if (balanced != full.grid)
+        print("gemv_grid_balanced", shape, 1, api::gemv_bench(l.mode, false, 1, l.in, l.out, kRepeats, 0, 0, balanced));
+    }
+  }
+}
+
 // Layers without attention back to back in one graph: with PDL the GEMVs' weight streams start
 // while the kernel before drains (compare the pdl=1 and pdl=0 runs); per-layer time and the
 // layer's weight bytes / time.

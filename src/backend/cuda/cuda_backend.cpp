@@ -631,7 +631,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   const auto t_begin = Clock::now();
   MPS_CHECK_MSG(!in_flight_.active, "cuda backend: launch() while a step is still to be collected");
   CUDA_CHECK(cudaSetDevice(device_));
-  last_timings_ = StepTimings{};
+  last_timings_ = StepTimings{.wait_us = last_timings_.wait_us};  // the wait stays the last collect()'s
   in_flight_ = InFlight{};
   in_flight_.active = true;
   const int64_t num_tokens = batch.num_tokens();

@@ -402,7 +402,8 @@ void fill(Dev<T>& d, int byte) {
 
 }  // namespace
 
-GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int repeats, int n_tiles, int warps) {
+GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int repeats, int n_tiles, int warps,
+                     int grid) {
   const bool norm = mode == GemvMode::kNormF32 || mode == GemvMode::kNormSwiGlu;
   const bool swiglu = mode == GemvMode::kNormSwiGlu;
   const size_t w_elems = size_t(swiglu ? 2 * out : out) * size_t(in);
@@ -435,6 +436,7 @@ GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int 
   if (!cublas) {
     a.w = w.p;
     plan = gemv_plan(a, im, om, n_tiles, warps);
+    if (grid > 0) plan.grid = grid;
     b.n_tiles = plan.n_tiles, b.warps = plan.warps, b.grid = plan.grid;
   }
   auto enqueue = [&](cudaStream_t s) {

@@ -95,8 +95,9 @@ struct GemvBench {
 // bf16 y of 2*out rows for kNormSwiGlu) without the norm / SiLU / add kernels the GEMV fuses.
 // A CUDA graph of launches rotating over weight copies (>= 256 MiB in all: no copy stays in L2),
 // replayed `repeats` times after a warm-up; median, min and max of the time per launch.
+// grid > 0 forces the number of blocks.
 GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int repeats, int n_tiles = 0,
-                     int warps = 0);
+                     int warps = 0, int grid = 0);
 
 // `layers` decoder layers without attention, captured in one CUDA graph, each with its own
 // weights: fused (RMSNorm+qkv GEMV, o GEMV+add, RMSNorm+gate_up+SwiGLU GEMV, down GEMV+add: 4

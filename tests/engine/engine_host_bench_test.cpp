@@ -1,0 +1,94 @@
+// Host cost of the engine's decode steps at large batches, measured without a device: the
+// backend does no work (one fixed token per sampled row), so a step's time is the engine's own
+// scheduling, batch building, post-processing and incremental detokenization with the real Qwen
+// tokenizer. On the GPU that time sits between two device steps (bench offline's host_us), so it
+// is what `host %` at batch 256 is made of. DISABLED_: run by hand, under perf for a profile:
+//   build/test_engine --gtest_also_run_disabled_tests --gtest_filter='*EngineHostBench*'
+// One parseable line per batch: BENCH kernel=engine_host batch=... us_per_step=... (median of 5
+// runs of 64 decode steps each, after the prefill steps).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "backend/backend.h"
+#include "engine/engine.h"
+#include "model/config.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mpserve::engine {
+namespace {
+
+// Every sampled row gets the same ordinary token; nothing is computed.
+class NullBackend : public backend::Backend {
+ public:
+  NullBackend(int32_t vocab, int32_t blocks, int32_t block_size, int32_t token)
+      : blocks_(blocks), block_size_(block_size), token_(token) {
+    config_.vocab_size = vocab;
+  }
+  std::string_view name() const override { return "null"; }
+  const model::ModelConfig& config() const override { return config_; }
+  int32_t num_kv_blocks() const override { return blocks_; }
+  int32_t block_size() const override { return block_size_; }
+  void step(const backend::Batch& batch, bool /*want_logits*/, backend::StepOutput* out) override {
+    out->tokens.clear();
+    out->logits.clear();
+    for (const backend::BatchEntry& e : batch.entries)
+      if (e.sample) out->tokens.push_back(token_);
+  }
+
+ private:
+  model::ModelConfig config_;
+  int32_t blocks_, block_size_, token_;
+};
+
+TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
+  const char* dir = std::getenv("MPSERVE_TOKENIZER_DIR");
+  if (!dir) GTEST_SKIP() << "MPSERVE_TOKENIZER_DIR not set";
+  auto tok = tokenizer::Tokenizer::load(dir);
+  ASSERT_TRUE(tok.is_ok()) << tok.status().message();
+  const int32_t token = (*tok)->encode(" the").at(0);  // decodes to text every step
+  constexpr int kPrompt = 128, kDecodeSteps = 64, kRuns = 5;
+  for (int batch : {64, 256}) {
+    std::vector<double> us;
+    for (int run = 0; run < kRuns; ++run) {
+      EngineOptions o;
+      o.backend.max_num_seqs = batch;
+      o.backend.max_num_batched_tokens = 2048;
+      o.backend.max_model_len = kPrompt + kDecodeSteps + 64;
+      const int32_t blocks = batch * ((o.backend.max_model_len + 15) / 16) + 16;
+      Engine eng(o, std::make_unique<NullBackend>((*tok)->vocab_size(), blocks, 16, token), **tok);
+      std::mt19937 rng(1234 + run);
+      std::uniform_int_distribution<int32_t> id(1000, 20000);
+      for (int b = 0; b < batch; ++b) {
+        GenerationRequest r;
+        r.prompt.resize(kPrompt);
+        for (int32_t& t : r.prompt) t = id(rng);
+        r.max_tokens = kDecodeSteps + 32;
+        r.ignore_eos = true;
+        r.sampling.temperature = 0.f;
+        ASSERT_TRUE(eng.add_request(std::move(r)).is_ok());
+      }
+      // Prefill (chunked: 2048 tokens a step) and a few decode steps, so every sequence decodes.
+      for (int s = 0; s < batch * kPrompt / 2048 + 4; ++s) eng.step();
+      const auto t0 = std::chrono::steady_clock::now();
+      size_t outs = 0;
+      for (int s = 0; s < kDecodeSteps; ++s) outs += eng.step().size();
+      const auto t1 = std::chrono::steady_clock::now();
+      EXPECT_EQ(outs, size_t(batch) * kDecodeSteps);  // every sequence progressed every step
+      us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / kDecodeSteps);
+    }
+    std::sort(us.begin(), us.end());
+    std::printf("BENCH kernel=engine_host batch=%d us_per_step=%.1f us_min=%.1f us_max=%.1f us_per_seq=%.3f\n", batch,
+                us[us.size() / 2], us.front(), us.back(), us[us.size() / 2] / batch);
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace
+}  // namespace mpserve::engine

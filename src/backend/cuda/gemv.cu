@@ -220,9 +220,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
   // block reads all of it). Double-buffering global x like the weights cost 26-42 more registers
   // (106 at one n-tile): one 480-thread block per SM instead of two, and the o and down GEMVs
   // streamed at 2.1-3.1 TB/s where the two-block norm GEMVs reached 3.9-4.25 on an H200.
-  constexpr bool kPrefetchX = false;
-  uint4 xc[U], xn[U];
-  if (kPrefetchX && warp < kblocks) load_x(xc, warp);
   int buf = 0;
   for (int tile = tile0; tile < tiles; tile += gridDim.x, buf ^= 1) {
     float acc[NT][4];
@@ -232,11 +229,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
       int nkb = kb + nw, ntile = tile;
       if (nkb >= kblocks) nkb = warp, ntile += gridDim.x;
       const bool more = ntile < tiles;
-      if (more) {
-        load_w(wn, ntile, nkb);
-        if constexpr (kPrefetchX) load_x(xn, nkb);
-      }
-      if constexpr (!kPrefetchX) load_x(xc, kb);
+      if (more) load_w(wn, ntile, nkb);
+      uint4 xc[U];
+      load_x(xc, kb);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
 #pragma unroll
@@ -248,7 +243,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
       if (more) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          if constexpr (kPrefetchX) xc[u] = xn[u];
 #pragma unroll
           for (int j = 0; j < NT; ++j) wc[u][j] = wn[u][j];
         }

@@ -41,13 +41,28 @@ run memcheck_generate "$CS" --tool memcheck --leak-check full --error-exitcode 1
 run racecheck_tests "$CS" --tool racecheck --racecheck-report all --error-exitcode 10 \
   "$PACK/test_cuda" --gtest_filter="$RACECHECK_TESTS"
 # note: cuBLASLt's own GEMM kernels (nvjet_*) report shared-memory WAR hazards under racecheck
-# (1057 in one tiny generate on an H200, CUDA 13.0, all in nvjet_sm90_tss_384x8_*, the LM-head
-# GEMM). They are closed vendor kernels we can neither inspect nor change, so they are excluded
-# here; RACECHECK_ALL=1 adds a run that keeps them in, for the record.
-run racecheck_generate "$CS" --tool racecheck --racecheck-report all --error-exitcode 10 \
-  --kernel-name-exclude kns=nvjet "$PACK/mpserve" "${gen[@]}"
-RACECHECK_ALL=${RACECHECK_ALL:-0}
-[[ $RACECHECK_ALL == 1 ]] && run racecheck_generate_all "$CS" --tool racecheck --error-exitcode 10 \
-  "$PACK/mpserve" "${gen[@]}"
+# (2112 in one tiny generate on an H200, CUDA 13.0, all in nvjet_sm90_tss_384x8_*, the LM-head
+# GEMM of prefill); they are closed vendor kernels we can neither inspect nor change. Excluding
+# them from instrumentation (--kernel-name-exclude kns=nvjet) makes racecheck itself fail ("Internal
+# Sanitizer Error: failed to handle a hardware exception", then an illegal-address error in the
+# next launch; measured the same with graphs and PDL off, and with an uninstrumented cuBLASLt
+# linear alone). So every kernel is instrumented, every hazard printed, and the run passes when
+# none is in a kernel other than nvjet_*.
+racecheck_generate() {
+  local log=$OUT/racecheck_generate.log t0=$SECONDS
+  echo "+ racecheck ${gen[*]}" >"$log"
+  timeout "${SAN_TIMEOUT:-600}" "$CS" --tool racecheck --racecheck-report hazard --print-limit 0 \
+    "$PACK/mpserve" "${gen[@]}" >>"$log" 2>&1
+  local rc=$?
+  local ours vendor
+  ours=$(grep -E '^=========     (Read|Write) Thread' "$log" | grep -vc ' at nvjet_')
+  vendor=$(grep -E '^=========     (Read|Write) Thread' "$log" | grep -c ' at nvjet_')
+  local verdict=0
+  [[ $rc == 0 && $ours == 0 ]] || verdict=1
+  printf '%-22s rc=%-3s %4ss  %s\n' racecheck_generate "$rc" "$((SECONDS - t0))" \
+    "hazard accesses in our kernels: $ours, in cuBLASLt nvjet_*: $vendor; $(grep -E '^========= (RACECHECK SUMMARY|Internal)' "$log" | tr '\n' ' ')"
+  [[ $verdict == 0 ]] || fail=1
+}
+racecheck_generate
 echo "sanitize: $([[ $fail == 0 ]] && echo CLEAN || echo FINDINGS) (reports in $OUT)"
 exit $fail

@@ -280,6 +280,7 @@ void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput&
   MPS_CHECK_MSG(result.tokens.size() == num_sampled, "backend returned {} tokens for {} sampled entries",
                 result.tokens.size(), num_sampled);
   const size_t vocab = plan.want_logits && num_sampled > 0 ? result.logits.size() / num_sampled : 0;
+  outputs->reserve(outputs->size() + num_sampled);
   size_t k = 0;
   for (size_t i = 0; i < plan.scheduled.size(); ++i) {
     const ScheduledSeq& s = plan.scheduled[i];

@@ -75,6 +75,7 @@ class Scheduler {
   std::deque<Sequence*> waiting_;
   std::vector<Sequence*> running_;
   int64_t num_preemptions_ = 0;
+  uint64_t round_ = 0;  // schedule() calls; Sequence::scheduled_round marks membership of a step
 };
 
 }  // namespace mpserve::engine

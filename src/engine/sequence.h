@@ -60,6 +60,9 @@ struct Sequence {
   // Async scheduling: the step in flight samples this sequence's last token (max_tokens or
   // max_model_len), so it finishes when that step is collected; the scheduler leaves it alone.
   bool final_token_pending = false;
+  // The Scheduler::schedule() call that last scheduled this sequence (its round counter), so
+  // the preemption search can skip sequences already in the step without a set of them.
+  uint64_t scheduled_round = 0;
 
   tokenizer::IncrementalDetokenizer detok;
   StopStringMatcher stop_matcher;

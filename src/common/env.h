@@ -18,6 +18,12 @@ inline constexpr const char* kTokenizerDir = "MPSERVE_TOKENIZER_DIR";
 inline constexpr const char* kCudaGemvMaxRows = "MPSERVE_CUDA_GEMV_MAX_ROWS";
 // CUDA backend: 0 launches every kernel without programmatic dependent launch (A/B runs); default on.
 inline constexpr const char* kCudaPdl = "MPSERVE_CUDA_PDL";
+// CUDA backend: 0 keeps cuBLASLt's heuristic algorithm for the decode GEMMs instead of timing its
+// top candidates on first use (gemm.h); default on.
+inline constexpr const char* kCudaGemmTune = "MPSERVE_CUDA_GEMM_TUNE";
+// CUDA backend: 0 keeps decode attention on the partition path (partials merged through global
+// memory) where it would use thread-block clusters (attention.cuh); default on.
+inline constexpr const char* kCudaClusterAttention = "MPSERVE_CUDA_CLUSTER_ATTENTION";
 // MPS client environment (set by the supervisor for each engine, read by the CUDA driver).
 inline constexpr const char* kMpsPipeDir = "CUDA_MPS_PIPE_DIRECTORY";
 inline constexpr const char* kMpsLogDir = "CUDA_MPS_LOG_DIRECTORY";

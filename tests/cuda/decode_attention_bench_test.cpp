@@ -39,8 +39,9 @@ TEST(DecodeAttentionBench, DISABLED_qwen25_head_shapes) {
           api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, c.batch, c.ctx, c.max_len, 15, 1234);
       std::printf(
           "BENCH kernel=decode_attention shape=%s batch=%d ctx=%d max_len=%d partition=%d max_partitions=%d "
-          "warps=%d kv_copies=%d us=%.2f us_min=%.2f us_max=%.2f GBps=%.0f\n",
-          h.name, c.batch, c.ctx, c.max_len, r.partition_size, r.max_partitions, r.warps, r.kv_copies, r.us_median,
+          "warps=%d cluster=%d kv_copies=%d us=%.2f us_min=%.2f us_max=%.2f GBps=%.0f\n",
+          h.name, c.batch, c.ctx, c.max_len, r.partition_size, r.max_partitions, r.warps, r.cluster, r.kv_copies,
+          r.us_median,
           r.us_min, r.us_max, r.kv_bytes / (r.us_median * 1e3));
       std::fflush(stdout);
       EXPECT_GT(r.us_median, 0.0);
@@ -48,25 +49,53 @@ TEST(DecodeAttentionBench, DISABLED_qwen25_head_shapes) {
   }
 }
 
-// Small batches: every partition size at a few contexts, with 4 and 8 warps per block, to set
-// decode_partition_size's and decode_warps' policies (the policies' own choice is the line of the
-// test above).
+// Small batches: every partition size (exactly that many keys per block, at every context) at a
+// few contexts, with 4 and 8 warps per block, to set the partition and warp policies
+// (decode_partition_size, sequence_partition, decode_warps); the policies' own choice is the last
+// line of each case (partition=policy).
 TEST(DecodeAttentionBench, DISABLED_partition_sweep_small_batch) {
   if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
-  const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-3b", 16, 2, 128}, {"qwen2.5-7b", 28, 4, 128}};
-  const Case cases[] = {{1, 512, 2112}, {1, 2048, 2112}, {1, 8192, 8400}, {8, 2048, 2112}, {8, 8192, 8400}};
+  const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-1.5b", 12, 2, 128}, {"qwen2.5-3b", 16, 2, 128},
+                              {"qwen2.5-7b", 28, 4, 128}};
+  const Case cases[] = {{1, 160, 2112},  {1, 300, 2112},  {1, 544, 2112}, {1, 1100, 2112}, {1, 2080, 2112},
+                        {1, 8192, 8400}, {8, 544, 2112},  {8, 2048, 2112}, {8, 8192, 8400}};
   for (const HeadShape& h : shapes)
     for (const Case& c : cases)
       for (int part : {64, 128, 256, 512})
         for (int warps : {4, 8}) {
-          const api::DecodeAttentionBench r = api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, c.batch,
-                                                                          c.ctx, c.max_len, 15, 1234, part, warps);
+          const api::DecodeAttentionBench r = api::decode_attention_bench(
+              h.n_heads, h.n_kv_heads, h.head_dim, c.batch, c.ctx, c.max_len, 15, 1234, part, warps, /*cluster=*/1);
           std::printf(
               "BENCH kernel=decode_attention_sweep shape=%s batch=%d ctx=%d partition=%d warps=%d us=%.2f GBps=%.0f\n",
               h.name, c.batch, c.ctx, part, warps, r.us_median, r.kv_bytes / (r.us_median * 1e3));
           std::fflush(stdout);
           EXPECT_GT(r.us_median, 0.0);
         }
+  // Cluster mode: 2/4/8 blocks per (sequence, kv head), splitting where each block in use gets at
+  // least min_tiles 16-key tiles per warp.
+  for (const HeadShape& h : shapes)
+    for (const Case& c : cases)
+      for (int cluster : {2, 4, 8})
+        for (int warps : {4, 8})
+          for (int min_tiles : {1, 2, 3, 4}) {
+            const api::DecodeAttentionBench r =
+                api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, c.batch, c.ctx, c.max_len, 15, 1234, 0,
+                                            warps, cluster, min_tiles);
+            std::printf(
+                "BENCH kernel=decode_attention_sweep shape=%s batch=%d ctx=%d partition=cluster%d_min%d warps=%d "
+                "us=%.2f GBps=%.0f\n",
+                h.name, c.batch, c.ctx, r.cluster, min_tiles, warps, r.us_median, r.kv_bytes / (r.us_median * 1e3));
+            std::fflush(stdout);
+          }
+  for (const HeadShape& h : shapes)
+    for (const Case& c : cases) {
+      const api::DecodeAttentionBench r =
+          api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, c.batch, c.ctx, c.max_len, 15, 1234);
+      std::printf(
+          "BENCH kernel=decode_attention_sweep shape=%s batch=%d ctx=%d partition=policy warps=%d us=%.2f GBps=%.0f\n",
+          h.name, c.batch, c.ctx, r.warps, r.us_median, r.kv_bytes / (r.us_median * 1e3));
+      std::fflush(stdout);
+    }
 }
 
 }  // namespace

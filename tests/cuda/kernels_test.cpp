@@ -7,6 +7,7 @@
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <tuple>
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/kernel_test_api.h"
@@ -85,6 +86,23 @@ TEST_F(CudaKernels, linear_matches_cpu) {
   std::vector<float> ref(size_t(rows) * out);
   cpu::linear(x.data(), f32_view(w, {out, in}), model::TensorView{}, ref.data(), rows, pool_);
   EXPECT_LT(rel_err(api::linear(x, w, rows, in, out), ref), 1e-4);  // bf16 operands are exact; f32 accumulate
+}
+
+// The tuned GEMM (gemm.h: the heuristic's candidates timed, the fastest kept) computes the same
+// product; the decode shapes it is used on (a batch bucket's rows) offer several candidates.
+TEST_F(CudaKernels, tuned_linear_matches_cpu) {
+  for (const auto& [rows, in, out] : {std::tuple{64, 896, 1152}, std::tuple{16, 1536, 8960}, std::tuple{3, 136, 88}}) {
+    SCOPED_TRACE(testing::Message() << rows << "x" << in << "x" << out);
+    auto x = round_bf16(random_vec(size_t(rows) * in, rng_)), w = round_bf16(random_vec(size_t(out) * in, rng_));
+    std::vector<float> ref(size_t(rows) * out);
+    cpu::linear(x.data(), f32_view(w, {out, in}), model::TensorView{}, ref.data(), rows, pool_);
+    int candidates = -1;
+    EXPECT_LT(rel_err(api::linear(x, w, rows, in, out, /*tune=*/true, &candidates), ref), 1e-4);
+    if (rows >= 16) {
+      EXPECT_GT(candidates, 1);
+    }
+    EXPECT_NE(candidates, -1);
+  }
 }
 
 // K and V of the first `rows` tokens read back out of the CUDA cache layout (num_blocks, nkv, bs,
@@ -218,7 +236,8 @@ TEST_F(CudaKernels, attention_decode_split_k_matches_unsplit) {
 // poisoned before each), so a later launch with other lengths checks that the fused merge left
 // its counters at 0. ctx is the query's position: ctx + 1 keys are visible.
 void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv,
-                            const std::vector<std::vector<int>>& ctxs_per_launch, int partition, int warps = 0) {
+                            const std::vector<std::vector<int>>& ctxs_per_launch, int partition, int warps = 0,
+                            int cluster = 1) {
   const int bs = 16, max_blocks = 128;
   const int qd = nh * head_dim, t = int(ctxs_per_launch.at(0).size());
   std::vector<int> longest(size_t(t), 0);  // the tables cover each sequence's longest launch
@@ -242,7 +261,8 @@ void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv,
   for (const auto& ctxs : ctxs_per_launch) positions.emplace_back(ctxs.begin(), ctxs.end());
   auto q = round_bf16(random_vec(size_t(t) * qd, rng));
   auto got =
-      api::decode_attention_launches(q, kc, vc, positions, tables, max_blocks, nh, nkv, head_dim, bs, partition, warps);
+      api::decode_attention_launches(q, kc, vc, positions, tables, max_blocks, nh, nkv, head_dim, bs, partition, warps,
+                                     cluster);
   std::vector<float> kr(kc.size()), vr(vc.size());
   for (int b = 0; b < num_blocks; ++b)
     for (int h = 0; h < nkv; ++h)
@@ -264,7 +284,8 @@ void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv,
                            ref.data() + size_t(s) * qd, pool);
     }
     EXPECT_LT(rel_err(got.at(l), ref), kBf16Tol) << "head_dim " << head_dim << " heads " << nh << "/" << nkv
-                                                 << " partition " << partition << " warps " << warps << " launch " << l;
+                                                 << " partition " << partition << " warps " << warps << " cluster " << cluster
+                                                 << " launch " << l;
   }
 }
 
@@ -283,6 +304,26 @@ TEST_F(CudaKernels, decode_attention_matches_cpu_over_partitions_and_groups) {
         check_decode_attention(rng_, 64, 2 * group, 2, {ctxs}, partition, warps);
         check_decode_attention(rng_, 128, 2 * group, 2, {ctxs}, partition, warps);
       }
+    }
+  }
+}
+
+// Cluster mode (the blocks of a (sequence, kv head) merge through distributed shared memory):
+// clusters of 2, 4, 8 with 4 and 8 warps, sequences short enough for one block (the rest of the
+// cluster idle), long ones split over every block, lengths that leave the last blocks empty; and
+// relaunches with other lengths on the same buffers.
+TEST_F(CudaKernels, decode_attention_cluster_mode_matches_cpu) {
+  for (int warps : {4, 8}) {
+    for (int cluster : {2, 4, 8}) {
+      const std::vector<int> ctxs = {0, 15, 16, 63, 64, 200, 511, 777, 1500, 2047};
+      for (int group = 1; group <= 8; ++group) {
+        check_decode_attention(rng_, 64, 2 * group, 2, {ctxs}, 64, warps, cluster);
+        check_decode_attention(rng_, 128, 2 * group, 2, {ctxs}, 64, warps, cluster);
+      }
+      check_decode_attention(rng_, 64, 14, 2, {{1000, 5, 300, 1999}, {40, 1200, 299, 2000}, {1000, 5, 300, 63}}, 64,
+                             warps, cluster);
+      check_decode_attention(rng_, 128, 28, 4, {{700, 0, 129}, {64, 1500, 129}, {700, 0, 2047}}, 64, warps, cluster);
+      check_decode_attention(rng_, 128, 16, 2, {{300}, {2047}, {33}}, 64, warps, cluster);  // 3B at batch 1
     }
   }
 }

@@ -71,7 +71,27 @@ struct DecodeAttentionArgs {
   // merging block resets its counter), so one buffer serves every layer and graph replay.
   int32_t* counters = nullptr;
   int warps = 0;  // warps per block, 4 or 8; 0 = decode_warps(num_tokens, n_kv_heads)
+  // > 0: every sequence is cut into partitions of exactly this many keys (benchmarks of the
+  // partition policy); 0: the policy (sequence_partition in decode_attention.cu). A multiple of 32,
+  // >= partition_size.
+  int fixed_partition = 0;
+  // > 1: cluster mode (sm_90 thread-block clusters). The grid's z extent is `cluster` blocks per
+  // (sequence, kv head), one cluster; a sequence's keys are cut into at most `cluster` equal runs
+  // of whole 16-key tiles (fewer when it is short: decode_cluster_parts), and the blocks merge
+  // their partial results through distributed shared memory: no partial buffers, no counters, no
+  // second pass through L2. partition_size / max_partitions / partials / counters are unused.
+  // 2, 4 or 8; kv lengths up to cluster * warps * 512 keys (decode_cluster_ok).
+  int cluster = 0;
+  // Cluster mode: a sequence is split only where every block in use gets at least this many
+  // 16-key tiles per warp (0: the kernel's default, kClusterMinTilesPerWarp; benchmarks vary it).
+  int cluster_min_tiles = 0;
 };
+
+// Cluster size for a decode step (the backend's policy; 1 = the partition path above): about 64
+// blocks in all, at most 8 per cluster (the portable size); 1 past 32 (sequence, kv head) pairs.
+int decode_cluster(int num_tokens, int n_kv_heads);
+// Whether cluster mode can cover sequences of max_kv_len keys with `warps` warps per block.
+bool decode_cluster_ok(int cluster, int warps, int max_kv_len);
 
 // Keys per decode partition: the smallest power of two (64..kDecodeMaxPartition) that still gives
 // about two blocks per SM when every sequence is max_kv_len long. Fixed per batch bucket so eager

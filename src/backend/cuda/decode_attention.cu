@@ -7,11 +7,19 @@
 // group's <= 8 query rows padded to 16), keeps an online softmax in registers (exp2, scale folded
 // in), and accumulates O^T += V^T P^T with a second mma whose B operand is P straight from the S
 // accumulators (their layout is the B layout of the transposed product, so N = 8 query heads
-// wastes nothing). The warps merge through shared memory at the end. A sequence with several
-// partitions writes f32 partials; the last of its blocks to finish (an atomic counter per
-// (sequence, kv head), reset to 0 by that block, so graph replays start from 0) merges them.
+// wastes nothing). The warps merge through shared memory at the end. Two ways to split a long
+// sequence over blocks:
+//   - cluster mode (few (sequence, kv head) pairs: decode_cluster): the blocks of one pair form a
+//     thread-block cluster, each takes an equal run of tiles, and they merge their (m, l, O)
+//     through distributed shared memory between two cluster barriers (~0.5 us);
+//   - the partition path (many pairs): a sequence with several partitions writes f32 partials;
+//     the last of its blocks to finish (an atomic counter per (sequence, kv head), reset to 0 by
+//     that block, so graph replays start from 0) merges them: a fence, an atomic and two reads
+//     through L2 in a row, ~3-4 us at batch 1, which is why small steps use clusters.
 #include <cmath>
 #include <cstdint>
+
+#include <cooperative_groups.h>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/cuda_check.cuh"
@@ -35,11 +43,31 @@ static_assert(kDecodeMaxPartition <= kTile * 4 * 32, "partition too large for th
 template <int D>
 constexpr int kStageElems = 2 * kTile * D;
 template <int D, int W>
+constexpr size_t red_bytes() {
+  return sizeof(float) * W * kG * (D + 4);
+}
+template <int D, int W>
 constexpr size_t smem_bytes() {
   constexpr size_t pipe = sizeof(__nv_bfloat16) * W * kStages * kStageElems<D>;
-  constexpr size_t red = sizeof(float) * W * kG * (D + 4);
-  return pipe > red ? pipe : red;
+  return pipe > red_bytes<D, W>() ? pipe : red_bytes<D, W>();
 }
+// Cluster mode: a block's merged partial O [kG][D] (f32) sits after the warps' outputs, in the
+// pipeline region, where its cluster peers read it.
+template <int D, int W>
+constexpr bool cluster_fits() {
+  return red_bytes<D, W>() + sizeof(float) * kG * D <= smem_bytes<D, W>();
+}
+static_assert(cluster_fits<64, 4>() && cluster_fits<64, 8>() && cluster_fits<128, 4>() && cluster_fits<128, 8>());
+// Cluster mode keeps a sequence in one block while that block has at most kClusterOneBlockTiles
+// tiles per warp; beyond, it uses ceil(tiles / (kClusterMinTilesPerWarp * warps)) blocks, at most
+// the cluster. Measured on an H200 (DecodeAttentionBench partition_sweep_small_batch, batch 1, 8
+// warps): ctx 160 (10 tiles) one block 2.9/3.9 us (0.5B/3B) vs 3.5/4.7 split in two; ctx 544 (34
+// tiles) 5 blocks 3.7/4.6 us vs 3 blocks 4.0/5.5 (and the partition path's best 5.7/7.8).
+constexpr int kClusterOneBlockTiles = 3;
+constexpr int kClusterMinTilesPerWarp = 1;
+constexpr int kMaxCluster = 8;  // the portable cluster size
+
+__device__ __forceinline__ void cluster_sync() { cooperative_groups::this_cluster().sync(); }
 
 
 __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf) = 0
@@ -93,13 +121,28 @@ __global__ void __launch_bounds__(W * 32) decode_attention_kernel(DecodeAttentio
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ float red_m[kWarps][kG], red_l[kWarps][kG];
   __shared__ int is_last;
+  __shared__ float cl_ml[kG][2];  // cluster mode: this block's (m, l) per query head
+  float* cl_o = reinterpret_cast<float*>(smem_raw + red_bytes<D, W>());  // cluster mode: [kG][D]
 
   const int tok = blockIdx.x, kvh = blockIdx.y, part = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // Positions and block tables are this step's host data: readable before pdl_wait(), so the
   // partition choice and the table loads below overlap the previous kernel's tail.
   const int kv_len = a.positions[tok] + 1;
-  const int P = sequence_partition(kv_len, a.partition_size);
+  int P;
+  if (a.cluster > 1) {  // at most `cluster` runs of whole tiles (kClusterOneBlockTiles above)
+    const int tiles = CEIL_DIV(kv_len, kTile);
+    const int min_tiles = a.cluster_min_tiles > 0 ? a.cluster_min_tiles : kClusterMinTilesPerWarp;
+    const int want = a.fixed_partition > 0                    ? CEIL_DIV(kv_len, a.fixed_partition)
+                     : tiles <= kClusterOneBlockTiles * kWarps ? 1
+                                                               : CEIL_DIV(tiles, min_tiles * kWarps);
+    P = CEIL_DIV(tiles, max(1, min(want, a.cluster))) * kTile;
+  } else {
+    P = a.fixed_partition > 0 ? a.fixed_partition : sequence_partition(kv_len, a.partition_size);
+  }
+  const int num_parts = CEIL_DIV(kv_len, P);
+  // Every block of the cluster (also those without keys) takes part in both cluster barriers.
+  const bool cluster_merge = a.cluster > 1 && num_parts > 1;
   const int k_begin = part * P;
   // Lane j reads the table entry of its warp's tile j whether or not the sequence reaches it
   // (every entry up to max_blocks_per_seq exists).
@@ -109,10 +152,14 @@ __global__ void __launch_bounds__(W * 32) decode_attention_kernel(DecodeAttentio
     lane_blk = a.block_tables[static_cast<int64_t>(tok) * a.max_blocks_per_seq + lane_key / a.block_size];
   if (k_begin >= kv_len) {
     pdl_wait();
+    if (cluster_merge) {
+      pdl_trigger();  // a block that only waits at the barriers must not hold back the next kernel
+      cluster_sync();
+      cluster_sync();
+    }
     return;
   }
   const int k_end = min(kv_len, k_begin + P);
-  const int num_parts = CEIL_DIV(kv_len, P);
   const int group = a.n_heads / a.n_kv_heads;
   const int g = lane >> 2, t = lane & 3;
   const int n_tiles = CEIL_DIV(k_end - k_begin, kTile);
@@ -256,6 +303,9 @@ __global__ void __launch_bounds__(W * 32) decode_attention_kernel(DecodeAttentio
     const int64_t head_row = static_cast<int64_t>(tok) * a.n_heads + kvh * group + q;
     if (num_parts == 1) {
       a.out[head_row * D + d] = __float2bfloat16_rn(acc / l);
+    } else if (cluster_merge) {
+      cl_o[q * D + d] = acc / l;
+      if (d == 0) cl_ml[q][0] = mx, cl_ml[q][1] = l;
     } else {
       const int64_t row = static_cast<int64_t>(part) * a.num_tokens * a.n_heads + head_row;
       a.partial_o[row * D + d] = acc / l;
@@ -263,6 +313,34 @@ __global__ void __launch_bounds__(W * 32) decode_attention_kernel(DecodeAttentio
     }
   }
   if (num_parts == 1) return;
+
+  if (cluster_merge) {
+    // Every block's (m, l, O) is in its shared memory: the blocks holding keys share the group's
+    // outputs out and each merges its share from all of them (independent loads first).
+    cluster_sync();  // release / acquire at cluster scope: the peers' writes above are visible
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    for (int idx = part * kThreads + threadIdx.x; idx < group * D; idx += num_parts * kThreads) {
+      const int q = idx / D, d = idx % D;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int p = 0; p < kMaxCluster; ++p)
+        if (p < num_parts) mx = fmaxf(mx, cl.map_shared_rank(&cl_ml[q][0], p)[0]);
+      float den = 0.f, acc = 0.f;
+#pragma unroll
+      for (int p = 0; p < kMaxCluster; ++p) {
+        if (p < num_parts) {
+          const float* ml = cl.map_shared_rank(&cl_ml[q][0], p);
+          const float w = fast_exp2(ml[0] - mx) * ml[1];
+          den += w;
+          acc = fmaf(*cl.map_shared_rank(cl_o + q * D + d, p), w, acc);
+        }
+      }
+      a.out[(static_cast<int64_t>(tok) * a.n_heads + kvh * group + q) * D + d] = __float2bfloat16_rn(acc / den);
+    }
+    cluster_sync();  // no block leaves (its shared memory) while a peer may still read it
+    return;
+  }
 
   // Last block of this (sequence, kv head) merges the partitions (threadFenceReduction pattern:
   // partials, fence, count; the block that counts last reads the others' partials from L2).
@@ -331,8 +409,13 @@ void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
                                     static_cast<int>(smem_bytes<D, W>())));
     attr_set = true;
   }
-  launch_kernel(decode_attention_kernel<D, W>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(W * 32),
-                smem_bytes<D, W>(), stream, a);
+  if (a.cluster > 1) {
+    launch_kernel_clusters(decode_attention_kernel<D, W>, dim3(a.num_tokens, a.n_kv_heads, a.cluster), dim3(W * 32),
+                           dim3(1, 1, a.cluster), smem_bytes<D, W>(), stream, a);
+  } else {
+    launch_kernel(decode_attention_kernel<D, W>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(W * 32),
+                  smem_bytes<D, W>(), stream, a);
+  }
 }
 
 }  // namespace
@@ -342,6 +425,22 @@ void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
 // and from 8.4/11.2/11.0 to 6.4/8.7/9.0 at ctx 2048; at batch 8 they still win with 2 kv heads (16
 // pairs: 3B ctx 2048 11.9 vs 13.5 us) but lose with 4 (7B, 32 pairs: 19.6 vs 17.0).
 int decode_warps(int num_tokens, int n_kv_heads) { return num_tokens * n_kv_heads <= 16 ? 8 : 4; }
+
+// note: measured on an H200 (DecodeAttentionBench partition_sweep_small_batch): about 64 blocks
+// in all is best; at batch 8 with 2 kv heads clusters of 4 beat 8 (3B ctx 2048: 9.7-10.2 us vs
+// 14.8; the partition path 11.9), with 4 kv heads (7B) clusters of 2 (13.2 us vs 22.1 with 8; 16.6).
+// Past 32 (sequence, kv head) pairs the partition path's blocks fill the GPU by themselves.
+int decode_cluster(int num_tokens, int n_kv_heads) {
+  const int pairs = num_tokens * n_kv_heads;
+  int c = kMaxCluster;
+  while (c > 1 && pairs * c > 64) c /= 2;
+  return c;
+}
+
+// A lane holds the cache offset of one of its warp's tiles: at most 32 tiles per warp and block.
+bool decode_cluster_ok(int cluster, int warps, int max_kv_len) {
+  return cluster >= 2 && cluster <= kMaxCluster && max_kv_len <= cluster * warps * 32 * kTile;
+}
 
 int decode_partition_size(int num_tokens, int n_kv_heads, int max_kv_len, int num_sms) {
   const int want = CEIL_DIV(2 * num_sms, num_tokens * n_kv_heads);
@@ -356,12 +455,21 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(a.head_dim == 64 || a.head_dim == 128);
   CUDA_SHAPE_CHECK(a.partition_size > 0 && a.partition_size % 32 == 0 && a.partition_size <= kDecodeMaxPartition);
   CUDA_SHAPE_CHECK(a.block_size > 0 && a.block_size % kTile == 0 && a.max_blocks_per_seq > 0);
-  CUDA_SHAPE_CHECK(a.max_partitions >= 1 && a.max_partitions <= 65535);
-  CUDA_SHAPE_CHECK(a.max_partitions * a.partition_size >= a.max_blocks_per_seq * a.block_size);
-  CUDA_SHAPE_CHECK(a.max_partitions == 1 || (a.partial_o && a.partial_ml && a.counters));
   CUDA_SHAPE_CHECK(a.warps == 0 || a.warps == 4 || a.warps == 8);
-  if (a.num_tokens == 0) return;
   const int w = a.warps ? a.warps : decode_warps(a.num_tokens, a.n_kv_heads);
+  if (a.cluster > 1) {
+    CUDA_SHAPE_CHECK(a.cluster == 2 || a.cluster == 4 || a.cluster == 8);
+    CUDA_SHAPE_CHECK(decode_cluster_ok(a.cluster, w, a.max_blocks_per_seq * a.block_size));
+    CUDA_SHAPE_CHECK(a.fixed_partition == 0 || a.fixed_partition % kTile == 0);
+  } else {
+    CUDA_SHAPE_CHECK(a.max_partitions >= 1 && a.max_partitions <= 65535);
+    CUDA_SHAPE_CHECK(a.max_partitions * a.partition_size >= a.max_blocks_per_seq * a.block_size);
+    CUDA_SHAPE_CHECK(a.max_partitions == 1 || (a.partial_o && a.partial_ml && a.counters));
+  }
+  CUDA_SHAPE_CHECK(a.cluster > 1 || a.fixed_partition == 0 ||
+                   (a.fixed_partition % 32 == 0 && a.fixed_partition >= a.partition_size &&
+                    a.fixed_partition <= kDecodeMaxPartition));
+  if (a.num_tokens == 0) return;
   if (a.head_dim == 64) {
     w == 8 ? launch<64, 8>(a, stream) : launch<64, 4>(a, stream);
   } else {

@@ -122,16 +122,22 @@ std::vector<float> embed(const std::vector<float>& table, const std::vector<int3
   return down_f32(out);
 }
 
-std::vector<float> linear(const std::vector<float>& x, const std::vector<float>& w, int rows, int in, int out) {
+std::vector<float> linear(const std::vector<float>& x, const std::vector<float>& w, int rows, int in, int out,
+                          bool tune, int* candidates) {
   auto dx = up_bf16(x);
   auto dw = up_bf16(w);
   Dev<float> y(size_t(rows) * size_t(out));
   y.poison();
   Dev<unsigned char> ws(size_t{4} << 20);
+  Dev<unsigned char> flush(tune ? size_t{8} << 20 : 1);
   {
-    Gemm g(ws.p, ws.n);
-    g.linear(dx->p, dw->p, y.p, true, rows, in, out, 0);
+    Gemm g(ws.p, ws.n, tune ? flush.p : nullptr, tune ? flush.n : 0);
+    g.linear(dx->p, dw->p, y.p, true, rows, in, out, 0, tune);
     CUDA_CHECK(cudaDeviceSynchronize());
+    if (candidates != nullptr) {
+      const Gemm::TuneResult* r = g.tune_result(rows, in, out, true);
+      *candidates = r != nullptr ? r->candidates : 0;
+    }
   }
   return down_f32(y);
 }
@@ -586,7 +592,7 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
                                                           const std::vector<int32_t>& block_tables,
                                                           int max_blocks_per_seq, int n_heads, int n_kv_heads,
                                                           int head_dim, int block_size, int partition_size,
-                                                          int warps) {
+                                                          int warps, int cluster) {
   auto dq = up_bf16(q);
   auto dk = up_bf16(k_cache);
   auto dv = up_bf16(v_cache);
@@ -601,6 +607,7 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
   a.positions = dpos.p;
   a.block_tables = dbt->p;
   a.warps = warps;
+  a.cluster = cluster > 1 ? cluster : 0;
   std::vector<std::vector<float>> outs;
   for (const std::vector<int32_t>& positions : positions_per_launch) {
     CUDA_SHAPE_CHECK(static_cast<int>(positions.size()) == t);
@@ -616,7 +623,7 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
 
 DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,
                                             int max_kv_len, int repeats, uint32_t seed, int partition,
-                                            int warps) {
+                                            int warps, int cluster, int cluster_min_tiles) {
   constexpr int kBlockSize = 16, kLaunchesPerGraph = 20, kWarmupReplays = 3;
   constexpr size_t kCopiesBytes = size_t(4) << 30;  // KV copies in all, so consecutive launches miss L2
   constexpr size_t kFlushBytes = size_t(256) << 20;  // written before each replay: evicts L2
@@ -659,7 +666,11 @@ DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int hea
   auto dpos = up_i32(positions);
 
   DecodeAttentionBench r;
-  r.partition_size = partition > 0 ? partition : decode_partition_size(batch, n_kv_heads, max_kv_len, sms);
+  r.warps = warps > 0 ? warps : decode_warps(batch, n_kv_heads);
+  r.cluster = cluster > 0 ? cluster : decode_cluster(batch, n_kv_heads);
+  if (r.cluster > 1 && !decode_cluster_ok(r.cluster, r.warps, max_blocks * kBlockSize)) r.cluster = 1;
+  r.partition_size = partition > 0 && r.cluster == 1 ? partition
+                                                     : decode_partition_size(batch, n_kv_heads, max_kv_len, sms);
   r.max_partitions = CEIL_DIV(max_blocks * kBlockSize, r.partition_size);
   r.kv_bytes = 2.0 * double(batch) * ctx * n_kv_heads * head_dim * sizeof(__nv_bfloat16);
   Dev<unsigned char> flush(kFlushBytes);
@@ -669,7 +680,9 @@ DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int hea
   a.positions = dpos->p;
   a.block_tables = dbt->p;
   a.warps = warps;
-  r.warps = warps > 0 ? warps : decode_warps(batch, n_kv_heads);
+  a.fixed_partition = partition;  // a forced partition holds for every context, also <= 512
+  a.cluster = r.cluster > 1 ? r.cluster : 0;
+  a.cluster_min_tiles = cluster_min_tiles;
   auto set_copy = [&](int i) {
     a.k_cache = kv.p + 2 * size_t(i % copies) * layer_elems;
     a.v_cache = a.k_cache + layer_elems;

@@ -22,8 +22,10 @@ std::vector<float> silu_mul(const std::vector<float>& gate_up, int rows, int int
 
 std::vector<float> embed(const std::vector<float>& table, const std::vector<int32_t>& ids, int vocab, int hidden);
 
-// y (rows, out) = x . w^T via cuBLASLt; f32 output.
-std::vector<float> linear(const std::vector<float>& x, const std::vector<float>& w, int rows, int in, int out);
+// y (rows, out) = x . w^T via cuBLASLt; f32 output. tune: the Gemm times its candidates first
+// (gemm.h); *candidates (when given) is how many it timed, 0 when it did not tune.
+std::vector<float> linear(const std::vector<float>& x, const std::vector<float>& w, int rows, int in, int out,
+                          bool tune = false, int* candidates = nullptr);
 
 struct QkvRopeOut {
   std::vector<float> q;        // (T, Q)
@@ -126,7 +128,8 @@ std::vector<int32_t> sample(const std::vector<float>& logits, const std::vector<
 // Launches decode attention once per entry of positions_per_launch (each T long) on the same
 // device buffers (q, caches, tables, out, partials, merge counters, zeroed once), out and partials
 // poisoned before each launch; returns each launch's out (T, n_heads * head_dim). warps: 4 or 8 per
-// block, 0 = the launcher's choice (decode_warps).
+// block, 0 = the launcher's choice (decode_warps). cluster: 1 = the partition path (partials in
+// global memory, merged by the last block); 2/4/8 = cluster mode (DecodeAttentionArgs::cluster).
 std::vector<std::vector<float>> decode_attention_launches(const std::vector<float>& q,
                                                           const std::vector<float>& k_cache,
                                                           const std::vector<float>& v_cache,
@@ -134,7 +137,7 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
                                                           const std::vector<int32_t>& block_tables,
                                                           int max_blocks_per_seq, int n_heads, int n_kv_heads,
                                                           int head_dim, int block_size, int partition_size,
-                                                          int warps = 0);
+                                                          int warps = 0, int cluster = 1);
 
 struct DecodeAttentionBench {
   double us_median = 0, us_min = 0, us_max = 0;  // per launch
@@ -142,6 +145,7 @@ struct DecodeAttentionBench {
   int partition_size = 0;                        // decode_partition_size() on this device
   int max_partitions = 0;
   int warps = 0;                                 // per block (decode_warps() unless forced)
+  int cluster = 0;                               // cluster mode's size, 1 = the partition path
   int kv_copies = 0;                             // cache copies the launches rotate through
 };
 // Times decode attention over `batch` sequences of `ctx` keys (random bf16 q and KV, cache blocks
@@ -149,10 +153,13 @@ struct DecodeAttentionBench {
 // does. A CUDA graph of 20 launches, each on another copy of the caches where 4 GiB holds 20, is
 // replayed after an L2-evicting memset; the result is the median (and range) over `repeats`
 // replays of the time per launch, after 3 warm-up replays.
-// partition 0: the backend's policy (decode_partition_size); else that many keys per block.
+// partition 0: the backend's policy (decode_partition_size, sequence_partition); else exactly that
+// many keys per block at every context.
 // warps 0: the backend's policy (decode_warps); else 4 or 8 per block.
+// cluster 0: the backend's policy (decode_cluster); 1: the partition path; 2/4/8: cluster mode
+// (partition > 0 then caps each cluster block's keys: ceil(ctx / partition) blocks in use).
 DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,
                                             int max_kv_len, int repeats, uint32_t seed, int partition = 0,
-                                            int warps = 0);
+                                            int warps = 0, int cluster = 0, int cluster_min_tiles = 0);
 
 }  // namespace mpserve::backend::cuda::test_api

@@ -98,5 +98,23 @@ TEST(DecodeAttentionBench, DISABLED_partition_sweep_small_batch) {
     }
 }
 
+// Larger batches: the partition path (the policy's partition, cluster 1) against clusters of 2
+// and 4 (4 warps), to set where decode_cluster stops using clusters.
+TEST(DecodeAttentionBench, DISABLED_cluster_sweep_mid_batch) {
+  if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
+  const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-3b", 16, 2, 128}, {"qwen2.5-7b", 28, 4, 128}};
+  for (const HeadShape& h : shapes)
+    for (int batch : {16, 32, 64, 256})
+      for (int ctx : {544, 2048})
+        for (int cluster : {1, 2, 4}) {
+          const api::DecodeAttentionBench r = api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, batch,
+                                                                          ctx, 2112, 15, 1234, 0, 4, cluster);
+          std::printf("BENCH kernel=decode_attention_cluster shape=%s batch=%d ctx=%d cluster=%d warps=4 us=%.2f GBps=%.0f\n",
+                      h.name, batch, ctx, r.cluster, r.us_median, r.kv_bytes / (r.us_median * 1e3));
+          std::fflush(stdout);
+          EXPECT_GT(r.us_median, 0.0);
+        }
+}
+
 }  // namespace
 }  // namespace mpserve

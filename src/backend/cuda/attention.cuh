@@ -87,8 +87,9 @@ struct DecodeAttentionArgs {
   int cluster_min_tiles = 0;
 };
 
-// Cluster size for a decode step (the backend's policy; 1 = the partition path above): about 64
-// blocks in all, at most 8 per cluster (the portable size); 1 past 32 (sequence, kv head) pairs.
+// Cluster size for a decode step (the backend's policy): 8 up to 8 (sequence, kv head) pairs, 4
+// up to 16, else 2. Where decode_cluster_ok fails for it (long max_kv_len) the backend tries
+// larger clusters, then falls back to the partition path above.
 int decode_cluster(int num_tokens, int n_kv_heads);
 // Whether cluster mode can cover sequences of max_kv_len keys with `warps` warps per block.
 bool decode_cluster_ok(int cluster, int warps, int max_kv_len);

@@ -723,10 +723,10 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   if (decode_only && decode_kernel_ok()) {
     shape.partition = partition_for(padded);
     shape.max_partitions = CEIL_DIV(max_blocks_ * bs, shape.partition);
-    const int cluster = decode_cluster(padded, static_cast<int>(c_.num_kv_heads));
-    if (cluster > 1 && cluster_attention_ &&
-        decode_cluster_ok(cluster, decode_warps(padded, static_cast<int>(c_.num_kv_heads)), max_blocks_ * bs))
-      shape.cluster = cluster;
+    const int kvh = static_cast<int>(c_.num_kv_heads);
+    for (int cluster = decode_cluster(padded, kvh); cluster_attention_ && cluster <= 8 && shape.cluster == 0;
+         cluster *= 2)
+      if (decode_cluster_ok(cluster, decode_warps(padded, kvh), max_blocks_ * bs)) shape.cluster = cluster;
   }
   last_timings_.valid = true;
   last_timings_.decode_only = decode_only;

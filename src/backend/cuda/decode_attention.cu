@@ -426,15 +426,15 @@ void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
 // pairs: 3B ctx 2048 11.9 vs 13.5 us) but lose with 4 (7B, 32 pairs: 19.6 vs 17.0).
 int decode_warps(int num_tokens, int n_kv_heads) { return num_tokens * n_kv_heads <= 16 ? 8 : 4; }
 
-// note: measured on an H200 (DecodeAttentionBench partition_sweep_small_batch): about 64 blocks
-// in all is best; at batch 8 with 2 kv heads clusters of 4 beat 8 (3B ctx 2048: 9.7-10.2 us vs
-// 14.8; the partition path 11.9), with 4 kv heads (7B) clusters of 2 (13.2 us vs 22.1 with 8; 16.6).
-// Past 32 (sequence, kv head) pairs the partition path's blocks fill the GPU by themselves.
+// note: measured on an H200 (DecodeAttentionBench partition_sweep_small_batch and
+// cluster_sweep_mid_batch): at batch 1 clusters of 8 (3B ctx 2048: 6.5 us vs 9.7 on the partition
+// path); at batch 8 with 2 kv heads clusters of 4 beat 8 (3B ctx 2048: 9.7-10.2 us vs 14.8); from 32
+// (sequence, kv head) pairs up, clusters of 2 beat both 4 and the partition path at every batch and
+// context measured (3B batch 64 ctx 2048: 37.2 us vs 44.2 with 4 and 52.6; 7B batch 256 ctx 544: 90
+// vs 125; 0.5B batch 256 ctx 2048: 68.6 vs 80.8).
 int decode_cluster(int num_tokens, int n_kv_heads) {
   const int pairs = num_tokens * n_kv_heads;
-  int c = kMaxCluster;
-  while (c > 1 && pairs * c > 64) c /= 2;
-  return c;
+  return pairs <= 8 ? kMaxCluster : pairs <= 16 ? 4 : 2;
 }
 
 // A lane holds the cache offset of one of its warp's tiles: at most 32 tiles per warp and block.

@@ -429,9 +429,9 @@ int decode_warps(int num_tokens, int n_kv_heads) { return num_tokens * n_kv_head
 // note: measured on an H200 (DecodeAttentionBench partition_sweep_small_batch and
 // cluster_sweep_mid_batch): at batch 1 clusters of 8 (3B ctx 2048: 6.5 us vs 9.7 on the partition
 // path); at batch 8 with 2 kv heads clusters of 4 beat 8 (3B ctx 2048: 9.7-10.2 us vs 14.8); from 32
-// (sequence, kv head) pairs up, clusters of 2 beat both 4 and the partition path at every batch and
-// context measured (3B batch 64 ctx 2048: 37.2 us vs 44.2 with 4 and 52.6; 7B batch 256 ctx 544: 90
-// vs 125; 0.5B batch 256 ctx 2048: 68.6 vs 80.8).
+// (sequence, kv head) pairs up, clusters of 2 beat the partition path at every batch (16-256) and
+// context measured, and clusters of 4 except on 0.5B at batch 16 (3B batch 64 ctx 2048: 37.2 us vs
+// 44.2 with 4 and 52.6; 7B batch 256 ctx 544: 90 vs 125; 0.5B batch 256 ctx 2048: 68.6 vs 80.8).
 int decode_cluster(int num_tokens, int n_kv_heads) {
   const int pairs = num_tokens * n_kv_heads;
   return pairs <= 8 ? kMaxCluster : pairs <= 16 ? 4 : 2;
@@ -460,7 +460,7 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   if (a.cluster > 1) {
     CUDA_SHAPE_CHECK(a.cluster == 2 || a.cluster == 4 || a.cluster == 8);
     CUDA_SHAPE_CHECK(decode_cluster_ok(a.cluster, w, a.max_blocks_per_seq * a.block_size));
-    CUDA_SHAPE_CHECK(a.fixed_partition == 0 || a.fixed_partition % kTile == 0);
+    CUDA_SHAPE_CHECK(a.fixed_partition == 0 || (a.fixed_partition % kTile == 0 && a.fixed_partition <= w * 32 * kTile));
   } else {
     CUDA_SHAPE_CHECK(a.max_partitions >= 1 && a.max_partitions <= 65535);
     CUDA_SHAPE_CHECK(a.max_partitions * a.partition_size >= a.max_blocks_per_seq * a.block_size);

@@ -40,43 +40,49 @@ __device__ __forceinline__ void pdl_trigger() {
 // cuda_check.cpp.
 bool pdl_enabled();
 
-// Launches kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-serialization
-// attribute when PDL is enabled, and checks the launch.
+namespace detail {
+// cudaLaunchKernelEx with the PDL attribute (when enabled) and, given `cluster`, thread-block clusters.
 template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                   Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(std::forward<Args>(args))...));
-}
-
-// As launch_kernel, as thread-block clusters of `cluster` blocks (sm_90; grid a multiple of it).
-template <typename... Params, typename... Args>
-void launch_kernel_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, dim3 cluster, size_t smem,
-                            cudaStream_t stream, Args&&... args) {
+void launch_kernel_ex(void (*kernel)(Params...), dim3 grid, dim3 block, const dim3* cluster, size_t smem,
+                      cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster.x;
-  attr[0].val.clusterDim.y = cluster.y;
-  attr[0].val.clusterDim.z = cluster.z;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  unsigned n = 0;
+  if (cluster != nullptr) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster->x;
+    attr[n].val.clusterDim.y = cluster->y;
+    attr[n].val.clusterDim.z = cluster->z;
+    ++n;
+  }
+  if (pdl_enabled()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 2 : 1;
+  cfg.numAttrs = n;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(std::forward<Args>(args))...));
+}
+}  // namespace detail
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-serialization
+// attribute when PDL is enabled, and checks the launch.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  detail::launch_kernel_ex(kernel, grid, block, nullptr, smem, stream, std::forward<Args>(args)...);
+}
+
+// As launch_kernel, as thread-block clusters of `cluster` blocks (sm_90; grid a multiple of it).
+template <typename... Params, typename... Args>
+void launch_kernel_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, dim3 cluster, size_t smem,
+                            cudaStream_t stream, Args&&... args) {
+  detail::launch_kernel_ex(kernel, grid, block, &cluster, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace mpserve::backend::cuda

@@ -24,6 +24,7 @@ mkdir -p "$OUT" "$MODEL_ROOT"
 [[ -x "$BIN" ]] || { echo "no $BIN: run tools/gpu/pack.sh BUILD_DIR here first" >&2; exit 2; }
 
 {
+  echo "pack revision: $(cat "$PACK/REVISION" 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   nvcc --version 2>/dev/null | tail -2
   command -v ncu nsys 2>/dev/null || true

@@ -31,6 +31,7 @@ mkdir -p "$OUT" "$MODEL_ROOT"
 stamp() { echo "== $(date +%T) $*"; }
 
 {
+  echo "pack revision: $(cat "$PACK/REVISION" 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   nvcc --version 2>/dev/null | tail -1
 } 2>&1 | tee "$OUT/env.txt"

@@ -12,6 +12,7 @@ if [[ ! -x "$BIN" ]]; then
   exit 2
 fi
 {
+  echo "pack revision: $(cat "$BUILD_DIR/REVISION" 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   ldd "$BIN" | grep -E "cuda|cublas|not found" || true
 } 2>&1 | tee "$OUT/env.txt"

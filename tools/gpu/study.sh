@@ -24,6 +24,7 @@ if [[ -f "$STUDY_DIR/results.csv" && ! -f /tmp/mpserve-study/results.csv ]]; the
   cp "$STUDY_DIR/results.csv" /tmp/mpserve-study/results.csv
 fi
 {
+  echo "pack revision: $(cat "$PACK/REVISION" 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   nvidia-smi | sed -n 3p
   command -v nvidia-cuda-mps-control

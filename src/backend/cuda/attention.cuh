@@ -87,10 +87,11 @@ struct DecodeAttentionArgs {
   int cluster_min_tiles = 0;
 };
 
-// Cluster size for a decode step (the backend's policy): 8 up to 8 (sequence, kv head) pairs, 4
-// up to 16, else 2. Where decode_cluster_ok fails for it (long max_kv_len) the backend tries
-// larger clusters, then falls back to the partition path above.
-int decode_cluster(int num_tokens, int n_kv_heads);
+// Cluster size for a decode step of a batch bucket (the backend's policy): 8 up to 8 (sequence,
+// kv head) pairs, 4 up to 16, else 2; where that cluster cannot cover max_kv_len keys
+// (decode_cluster_ok with decode_warps' warps), the next larger one that can; 1 (the partition
+// path above) when none can.
+int decode_cluster(int num_tokens, int n_kv_heads, int max_kv_len);
 // Whether cluster mode can cover sequences of max_kv_len keys with `warps` warps per block.
 bool decode_cluster_ok(int cluster, int warps, int max_kv_len);
 

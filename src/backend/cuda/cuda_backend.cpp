@@ -97,7 +97,7 @@ struct StepShape {
   bool greedy = false;     // every sampled row greedy: argmax instead of the sampler
   int partition = 0;       // decode attention keys per block (0: general kernel)
   int max_partitions = 0;
-  int cluster = 0;         // decode attention cluster mode's size (0: the partition path)
+  int cluster = 0;         // decode attention cluster mode's size (0 or 1: the partition path)
 };
 
 class CudaBackend final : public Backend {
@@ -723,10 +723,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   if (decode_only && decode_kernel_ok()) {
     shape.partition = partition_for(padded);
     shape.max_partitions = CEIL_DIV(max_blocks_ * bs, shape.partition);
-    const int kvh = static_cast<int>(c_.num_kv_heads);
-    for (int cluster = decode_cluster(padded, kvh); cluster_attention_ && cluster <= 8 && shape.cluster == 0;
-         cluster *= 2)
-      if (decode_cluster_ok(cluster, decode_warps(padded, kvh), max_blocks_ * bs)) shape.cluster = cluster;
+    if (cluster_attention_) shape.cluster = decode_cluster(padded, static_cast<int>(c_.num_kv_heads), max_blocks_ * bs);
   }
   last_timings_.valid = true;
   last_timings_.decode_only = decode_only;

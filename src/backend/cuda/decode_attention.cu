@@ -432,9 +432,12 @@ int decode_warps(int num_tokens, int n_kv_heads) { return num_tokens * n_kv_head
 // (sequence, kv head) pairs up, clusters of 2 beat the partition path at every batch (16-256) and
 // context measured, and clusters of 4 except on 0.5B at batch 16 (3B batch 64 ctx 2048: 37.2 us vs
 // 44.2 with 4 and 52.6; 7B batch 256 ctx 544: 90 vs 125; 0.5B batch 256 ctx 2048: 68.6 vs 80.8).
-int decode_cluster(int num_tokens, int n_kv_heads) {
+int decode_cluster(int num_tokens, int n_kv_heads, int max_kv_len) {
   const int pairs = num_tokens * n_kv_heads;
-  return pairs <= 8 ? kMaxCluster : pairs <= 16 ? 4 : 2;
+  const int warps = decode_warps(num_tokens, n_kv_heads);
+  for (int c = pairs <= 8 ? kMaxCluster : pairs <= 16 ? 4 : 2; c <= kMaxCluster; c *= 2)
+    if (decode_cluster_ok(c, warps, max_kv_len)) return c;
+  return 1;
 }
 
 // A lane holds the cache offset of one of its warp's tiles: at most 32 tiles per warp and block.

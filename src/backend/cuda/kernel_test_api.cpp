@@ -667,8 +667,8 @@ DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int hea
 
   DecodeAttentionBench r;
   r.warps = warps > 0 ? warps : decode_warps(batch, n_kv_heads);
-  r.cluster = cluster > 0 ? cluster : decode_cluster(batch, n_kv_heads);
-  if (r.cluster > 1 && !decode_cluster_ok(r.cluster, r.warps, max_blocks * kBlockSize)) r.cluster = 1;
+  r.cluster = cluster > 0 ? cluster : decode_cluster(batch, n_kv_heads, max_blocks * kBlockSize);
+  if (r.cluster > 1 && !decode_cluster_ok(r.cluster, r.warps, max_blocks * kBlockSize)) r.cluster = 1;  // forced
   r.partition_size = partition > 0 && r.cluster == 1 ? partition
                                                      : decode_partition_size(batch, n_kv_heads, max_kv_len, sms);
   r.max_partitions = CEIL_DIV(max_blocks * kBlockSize, r.partition_size);

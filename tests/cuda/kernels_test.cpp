@@ -101,7 +101,6 @@ TEST_F(CudaKernels, tuned_linear_matches_cpu) {
     if (rows >= 16) {
       EXPECT_GT(candidates, 1);
     }
-    EXPECT_NE(candidates, -1);
   }
 }
 

@@ -36,7 +36,7 @@ bool Gemm::tuning_enabled() {
 
 const Gemm::TuneResult* Gemm::tune_result(int rows, int in, int out, bool y_f32) const {
   const auto it = plans_.find(std::make_tuple(rows, in, out, y_f32));
-  return it != plans_.end() && it->second.tuned ? &it->second.tune : nullptr;
+  return it != plans_.end() && it->second.tune.candidates > 0 ? &it->second.tune : nullptr;
 }
 
 // note: cuBLASLt is column-major. Row-major W (out, in) is column-major (in, out): A = W with
@@ -62,8 +62,9 @@ const Gemm::Plan& Gemm::plan(const __nv_bfloat16* x, const __nv_bfloat16* w, voi
   cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  const bool timed = tune && tuning_enabled() && l2_flush_ != nullptr && capture == cudaStreamCaptureStatusNone;
+  const bool wanted = tune && tuning_enabled() && l2_flush_ != nullptr;
+  if (wanted) CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool timed = wanted && capture == cudaStreamCaptureStatusNone;
   CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, timed ? kTuneCandidates : 1,
                                               results, &found));
   cublasLtMatmulPreferenceDestroy(pref);
@@ -126,7 +127,6 @@ void Gemm::tune_plan(Plan& p, const cublasLtMatmulHeuristicResult_t* results, in
   }
   if (best < 0) return;  // nothing ran: keep the heuristic's first choice
   p.algo = results[best].algo;
-  p.tuned = true;
   p.tune.chosen = best;
   p.tune.chosen_us = best_us;
 }

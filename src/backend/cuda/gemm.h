@@ -54,8 +54,7 @@ class Gemm {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
-    bool tuned = false;
-    TuneResult tune;
+    TuneResult tune;  // candidates > 0: tuned
   };
   const Plan& plan(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, int rows, int in, int out, bool y_f32,
                    cudaStream_t stream, bool tune);

@@ -129,7 +129,9 @@ std::vector<float> linear(const std::vector<float>& x, const std::vector<float>&
   Dev<float> y(size_t(rows) * size_t(out));
   y.poison();
   Dev<unsigned char> ws(size_t{4} << 20);
-  Dev<unsigned char> flush(tune ? size_t{8} << 20 : 1);
+  int l2_bytes = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
+  Dev<unsigned char> flush(tune ? size_t(std::max(l2_bytes, 1)) : 1);  // the L2's size, as gemm.h asks
   {
     Gemm g(ws.p, ws.n, tune ? flush.p : nullptr, tune ? flush.n : 0);
     g.linear(dx->p, dw->p, y.p, true, rows, in, out, 0, tune);

@@ -24,10 +24,6 @@ inline constexpr const char* kCudaGemmTune = "MPSERVE_CUDA_GEMM_TUNE";
 // CUDA backend: 0 keeps decode attention on the partition path (partials merged through global
 // memory) where it would use thread-block clusters (attention.cuh); default on.
 inline constexpr const char* kCudaClusterAttention = "MPSERVE_CUDA_CLUSTER_ATTENTION";
-// CUDA backend: decode steps of one or two rows run the part of each layer after attention as one
-// persistent kernel with grid barriers (decode_layer.cuh): 2 (default) or 1 block per SM; 0 keeps
-// the separate GEMV kernels.
-inline constexpr const char* kCudaDecodeLayer = "MPSERVE_CUDA_DECODE_LAYER";
 // MPS client environment (set by the supervisor for each engine, read by the CUDA driver).
 inline constexpr const char* kMpsPipeDir = "CUDA_MPS_PIPE_DIRECTORY";
 inline constexpr const char* kMpsLogDir = "CUDA_MPS_LOG_DIRECTORY";

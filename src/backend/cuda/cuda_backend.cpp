@@ -14,7 +14,6 @@
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/ceilings.cuh"
 #include "backend/cuda/cuda_check.cuh"
-#include "backend/cuda/decode_layer.cuh"
 #include "backend/cuda/device_memory.h"
 #include "backend/cuda/embedding.cuh"
 #include "backend/cuda/gemm.h"
@@ -147,11 +146,6 @@ class CudaBackend final : public Backend {
     return c_.num_heads / c_.num_kv_heads <= kDecodeMaxGroup && opts_.block_size % 16 == 0;
   }
   void forward(const StepShape& s);
-  QkvRopeArgs rope_args(size_t layer, const StepShape& s) const;
-  GemvArgs gemv_args(const StepShape& s, const void* x, const __nv_bfloat16* norm_w, const __nv_bfloat16* w, void* y,
-                     int n_in, int n_out, const QkvRopeArgs* rope = nullptr) const;
-  void attention(const QkvRopeArgs& r, const StepShape& s);  // decode or general kernel, per s
-  bool use_decode_layer_kernel(const StepShape& s) const;
   template <typename T>
   T* dev(size_t offset) const {
     return reinterpret_cast<T*>(staging_dev_ + offset);
@@ -201,7 +195,6 @@ class CudaBackend final : public Backend {
   float* partial_o_ = nullptr;          // (max_splits_rows_, n_heads, D)
   float* partial_ml_ = nullptr;         // (max_splits_rows_, n_heads, 2)
   int32_t* decode_counters_ = nullptr;  // (largest decode bucket, n_kv_heads), zero between launches
-  unsigned* layer_barrier_ = nullptr;   // (2) decode_layer_tail's grid barrier, zero between launches
   __nv_bfloat16* final_h_ = nullptr;    // (S, H)
   float* logits_ = nullptr;             // (S, V)
   int32_t* out_tokens_ = nullptr;       // (S)
@@ -248,14 +241,6 @@ class CudaBackend final : public Backend {
     if (!v) return hidden <= 1536 ? kGemvMaxRows : 4;
     int n = std::atoi(v->c_str());
     return n < 0 ? 0 : (n > kGemvMaxRows ? kGemvMaxRows : n);
-  }
-  // Decode steps of one or two rows run each layer after attention as one persistent kernel
-  // (decode_layer.cuh) with this many 512-thread blocks per SM; 0: the separate GEMV kernels.
-  // MPSERVE_CUDA_DECODE_LAYER (default 2).
-  int decode_layer_blocks_ = decode_layer_from_env();
-  static int decode_layer_from_env() {
-    const std::string v = env::get_string(env::kCudaDecodeLayer, "2");
-    return v == "0" ? 0 : v == "1" ? 1 : 2;
   }
   mutable KernelProfiler profiler_;
 };
@@ -358,8 +343,6 @@ void CudaBackend::allocate_activations() {
   partial_ml_ = mem_.alloc<float>(size_t(max_splits_rows_) * size_t(c_.num_heads) * 2);
   decode_counters_ = mem_.alloc<int32_t>(size_t(buckets_.back()) * size_t(c_.num_kv_heads));
   CUDA_CHECK(cudaMemset(decode_counters_, 0, size_t(buckets_.back()) * size_t(c_.num_kv_heads) * sizeof(int32_t)));
-  layer_barrier_ = mem_.alloc<unsigned>(2);
-  CUDA_CHECK(cudaMemset(layer_barrier_, 0, 2 * sizeof(unsigned)));
   final_h_ = mem_.alloc<__nv_bfloat16>(s * h);
   logits_ = mem_.alloc<float>(s * v);
   out_tokens_ = mem_.alloc<int32_t>(s);
@@ -483,101 +466,6 @@ Status CudaBackend::init() {
 // residual in their prologue and add into it in their epilogue (no delta buffer, no separate
 // norm or SiLU kernels), and, for models without q/k norm, do bias, RoPE and the KV-cache write
 // in the qkv GEMV's epilogue: five launches per layer (six with q/k norm).
-QkvRopeArgs CudaBackend::rope_args(size_t l, const StepShape& s) const {
-  const LayerDev& d = layers_[l];
-  QkvRopeArgs r;
-  r.qkv = qkv_;
-  r.bias = d.qkv_bias;
-  r.q_norm = d.q_norm;
-  r.k_norm = d.k_norm;
-  r.inv_freq = inv_freq_;
-  r.positions = dev<int32_t>(layout_->positions);
-  r.slot_mapping = dev<int32_t>(layout_->slots);
-  r.q_out = q_;
-  r.k_cache = kv_ + (2 * l) * kv_layer_elems_;
-  r.v_cache = kv_ + (2 * l + 1) * kv_layer_elems_;
-  r.num_tokens = s.tokens;
-  r.n_heads = static_cast<int>(c_.num_heads);
-  r.n_kv_heads = static_cast<int>(c_.num_kv_heads);
-  r.head_dim = static_cast<int>(c_.head_dim);
-  r.block_size = opts_.block_size;
-  r.eps = static_cast<float>(c_.rms_norm_eps);
-  return r;
-}
-
-GemvArgs CudaBackend::gemv_args(const StepShape& s, const void* x, const __nv_bfloat16* norm_w,
-                                const __nv_bfloat16* w, void* y, int n_in, int n_out, const QkvRopeArgs* rope) const {
-  GemvArgs g;
-  if (rope) g.rope = *rope;
-  g.x = x;
-  g.norm_w = norm_w;
-  g.eps = static_cast<float>(c_.rms_norm_eps);
-  g.w = w;
-  g.y = y;
-  g.rows = s.tokens;
-  g.in = n_in;
-  g.out = n_out;
-  return g;
-}
-
-void CudaBackend::attention(const QkvRopeArgs& r, const StepShape& s) {
-  const StagingLayout& L = *layout_;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
-  if (s.partition > 0) {
-    DecodeAttentionArgs a;
-    a.q = q_;
-    a.k_cache = r.k_cache;
-    a.v_cache = r.v_cache;
-    a.out = attn_;
-    a.positions = dev<int32_t>(L.positions);
-    a.block_tables = dev<int32_t>(L.block_tables);
-    a.max_blocks_per_seq = max_blocks_;
-    a.num_tokens = s.tokens;
-    a.n_heads = r.n_heads;
-    a.n_kv_heads = r.n_kv_heads;
-    a.head_dim = r.head_dim;
-    a.block_size = opts_.block_size;
-    a.scale = scale;
-    a.partition_size = s.partition;
-    a.max_partitions = s.max_partitions;
-    a.partial_o = partial_o_;
-    a.partial_ml = partial_ml_;
-    a.counters = decode_counters_;
-    a.cluster = s.cluster;
-    decode_attention(a, stream_);
-  } else {
-    AttentionArgs a;
-    a.q = q_;
-    a.k_cache = r.k_cache;
-    a.v_cache = r.v_cache;
-    a.out = attn_;
-    a.positions = dev<int32_t>(L.positions);
-    a.block_tables = dev<int32_t>(L.block_tables);
-    a.items = dev<int32_t>(L.items);
-    a.max_blocks_per_seq = max_blocks_;
-    a.num_items = s.items;
-    a.num_tokens = s.tokens;
-    a.n_heads = r.n_heads;
-    a.n_kv_heads = r.n_kv_heads;
-    a.head_dim = r.head_dim;
-    a.block_size = opts_.block_size;
-    a.scale = scale;
-    a.num_splits = s.splits;
-    a.partial_o = partial_o_;
-    a.partial_ml = partial_ml_;
-    paged_attention(a, stream_);
-  }
-}
-
-bool CudaBackend::use_decode_layer_kernel(const StepShape& s) const {
-  if (decode_layer_blocks_ == 0 || !s.decode || s.tokens > kDecodeLayerMaxRows || s.tokens > gemv_max_rows_) return false;
-  if (opts_.ablation != Ablation::kNone || profiling_) return false;  // profiling: one event per kernel
-  for (const LayerDev& d : layers_) {
-    if (d.q_norm || d.k_norm) return false;  // the qkv phase has the fused RoPE epilogue only
-  }
-  return true;
-}
-
 void CudaBackend::forward(const StepShape& s) {
   const int h = static_cast<int>(c_.hidden_size), q = static_cast<int>(c_.q_dim()), k = static_cast<int>(c_.kv_dim());
   const int in = static_cast<int>(c_.intermediate_size), v = static_cast<int>(c_.vocab_size);
@@ -589,101 +477,147 @@ void CudaBackend::forward(const StepShape& s) {
   };
   auto gemv_call = [&](const void* x, const __nv_bfloat16* norm_w, const __nv_bfloat16* w, void* y, int n_in,
                        int n_out, GemvIn im, GemvOut om, const QkvRopeArgs* rope = nullptr) {
-    gemv(gemv_args(s, x, norm_w, w, y, n_in, n_out, rope), im, om, stream_);
+    GemvArgs g;
+    if (rope) g.rope = *rope;
+    g.x = x;
+    g.norm_w = norm_w;
+    g.eps = eps;
+    g.w = w;
+    g.y = y;
+    g.rows = s.tokens;
+    g.in = n_in;
+    g.out = n_out;
+    gemv(g, im, om, stream_);
   };
   embed_lookup(embed_, dev<int32_t>(L.tokens), residual_, s.tokens, h, v, stream_);
   mark("embed");
-  if (use_decode_layer_kernel(s)) {
-    // Per layer: attention, then one persistent kernel for the rest of the layer and the next
-    // layer's qkv projection (or the final norm and LM head).
-    QkvRopeArgs r = rope_args(0, s);
-    gemv_call(residual_, layers_[0].input_norm, layers_[0].qkv, nullptr, h, q + 2 * k, GemvIn::kRmsNorm,
-              GemvOut::kQkvRope, &r);
-    for (size_t l = 0; l < layers_.size(); ++l) {
-      const LayerDev& d = layers_[l];
-      attention(r, s);
-      DecodeLayerArgs t;
-      t.o = gemv_args(s, attn_, nullptr, d.o, residual_, q, h);
-      t.gate_up = gemv_args(s, residual_, d.post_norm, d.gate_up, act_, h, in);
-      t.down = gemv_args(s, act_, nullptr, d.down, residual_, in, h);
-      if (l + 1 < layers_.size()) {
-        r = rope_args(l + 1, s);
-        t.next = gemv_args(s, residual_, layers_[l + 1].input_norm, layers_[l + 1].qkv, nullptr, h, q + 2 * k, &r);
-      } else if (s.sampled > 0) {
-        t.next = gemv_args(s, residual_, final_norm_, lm_head_, logits_, h, v);
-        t.next_is_lm_head = true;
-      }
-      t.barrier = layer_barrier_;
-      decode_layer_tail(t, decode_layer_blocks_, stream_);
-    }
-  } else {
-    bool pending = false;  // delta_ holds a block output not yet added to residual_ (unfused path)
-    for (size_t l = 0; l < layers_.size(); ++l) {
-      const LayerDev& d = layers_[l];
-      if (opts_.ablation != Ablation::kNoAttention) {
-        QkvRopeArgs r = rope_args(l, s);
-        // note: per-head q/k norm needs a whole head's sum of squares, and a head's columns span
-        // several blocks of the GEMV: those models keep the separate qkv_rope kernel.
-        if (fused && !d.q_norm && !d.k_norm) {
-          gemv_call(residual_, d.input_norm, d.qkv, nullptr, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kQkvRope, &r);
-          mark("norm_qkv_rope_gemv");
-        } else {
-          if (fused) {
-            gemv_call(residual_, d.input_norm, d.qkv, qkv_, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kF32);
-            mark("norm_qkv_gemv");
-          } else {
-            add_rms_norm(residual_, pending ? delta_ : nullptr, d.input_norm, hnorm_, nullptr, s.tokens, h, eps,
-                         stream_);
-            mark("add_rms_norm");
-            gemm_->linear(hnorm_, d.qkv, qkv_, true, s.tokens, h, q + 2 * k, stream_, s.decode);
-            mark("qkv_gemm");
-          }
-          qkv_rope_cache_write(r, stream_);
-          mark("qkv_rope");
-        }
-        attention(r, s);
-        mark("attention");
+  bool pending = false;  // delta_ holds a block output not yet added to residual_ (unfused path)
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerDev& d = layers_[l];
+    if (opts_.ablation != Ablation::kNoAttention) {
+      __nv_bfloat16* kc = kv_ + (2 * l) * kv_layer_elems_;
+      __nv_bfloat16* vc = kv_ + (2 * l + 1) * kv_layer_elems_;
+      QkvRopeArgs r;
+      r.qkv = qkv_;
+      r.bias = d.qkv_bias;
+      r.q_norm = d.q_norm;
+      r.k_norm = d.k_norm;
+      r.inv_freq = inv_freq_;
+      r.positions = dev<int32_t>(L.positions);
+      r.slot_mapping = dev<int32_t>(L.slots);
+      r.q_out = q_;
+      r.k_cache = kc;
+      r.v_cache = vc;
+      r.num_tokens = s.tokens;
+      r.n_heads = static_cast<int>(c_.num_heads);
+      r.n_kv_heads = static_cast<int>(c_.num_kv_heads);
+      r.head_dim = static_cast<int>(c_.head_dim);
+      r.block_size = opts_.block_size;
+      r.eps = eps;
+      // note: per-head q/k norm needs a whole head's sum of squares, and a head's columns span
+      // several blocks of the GEMV: those models keep the separate qkv_rope kernel.
+      if (fused && !d.q_norm && !d.k_norm) {
+        gemv_call(residual_, d.input_norm, d.qkv, nullptr, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kQkvRope, &r);
+        mark("norm_qkv_rope_gemv");
+      } else {
         if (fused) {
-          gemv_call(attn_, nullptr, d.o, residual_, q, h, GemvIn::kBf16, GemvOut::kAddF32);
-          mark("o_gemv_add");
+          gemv_call(residual_, d.input_norm, d.qkv, qkv_, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kF32);
+          mark("norm_qkv_gemv");
         } else {
-          gemm_->linear(attn_, d.o, delta_, true, s.tokens, q, h, stream_, s.decode);
-          mark("o_gemm");
-          pending = true;
-        }
-      }
-      if (opts_.ablation != Ablation::kNoMlp) {
-        if (fused) {
-          gemv_call(residual_, d.post_norm, d.gate_up, act_, h, in, GemvIn::kRmsNorm, GemvOut::kSwiGlu);
-          mark("norm_gate_up_swiglu_gemv");
-          gemv_call(act_, nullptr, d.down, residual_, in, h, GemvIn::kBf16, GemvOut::kAddF32);
-          mark("down_gemv_add");
-        } else {
-          add_rms_norm(residual_, pending ? delta_ : nullptr, d.post_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
+          add_rms_norm(residual_, pending ? delta_ : nullptr, d.input_norm, hnorm_, nullptr, s.tokens, h, eps,
+                       stream_);
           mark("add_rms_norm");
-          gemm_->linear(hnorm_, d.gate_up, gate_up_, false, s.tokens, h, 2 * in, stream_, s.decode);
-          mark("gate_up_gemm");
-          silu_mul(gate_up_, act_, s.tokens, in, stream_);
-          mark("silu_mul");
-          gemm_->linear(act_, d.down, delta_, true, s.tokens, in, h, stream_, s.decode);
-          mark("down_gemm");
-          pending = true;
+          gemm_->linear(hnorm_, d.qkv, qkv_, true, s.tokens, h, q + 2 * k, stream_, s.decode);
+          mark("qkv_gemm");
         }
+        qkv_rope_cache_write(r, stream_);
+        mark("qkv_rope");
+      }
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+      if (s.partition > 0) {
+        DecodeAttentionArgs a;
+        a.q = q_;
+        a.k_cache = kc;
+        a.v_cache = vc;
+        a.out = attn_;
+        a.positions = dev<int32_t>(L.positions);
+        a.block_tables = dev<int32_t>(L.block_tables);
+        a.max_blocks_per_seq = max_blocks_;
+        a.num_tokens = s.tokens;
+        a.n_heads = r.n_heads;
+        a.n_kv_heads = r.n_kv_heads;
+        a.head_dim = r.head_dim;
+        a.block_size = opts_.block_size;
+        a.scale = scale;
+        a.partition_size = s.partition;
+        a.max_partitions = s.max_partitions;
+        a.partial_o = partial_o_;
+        a.partial_ml = partial_ml_;
+        a.counters = decode_counters_;
+        a.cluster = s.cluster;
+        decode_attention(a, stream_);
+      } else {
+        AttentionArgs a;
+        a.q = q_;
+        a.k_cache = kc;
+        a.v_cache = vc;
+        a.out = attn_;
+        a.positions = dev<int32_t>(L.positions);
+        a.block_tables = dev<int32_t>(L.block_tables);
+        a.items = dev<int32_t>(L.items);
+        a.max_blocks_per_seq = max_blocks_;
+        a.num_items = s.items;
+        a.num_tokens = s.tokens;
+        a.n_heads = r.n_heads;
+        a.n_kv_heads = r.n_kv_heads;
+        a.head_dim = r.head_dim;
+        a.block_size = opts_.block_size;
+        a.scale = scale;
+        a.num_splits = s.splits;
+        a.partial_o = partial_o_;
+        a.partial_ml = partial_ml_;
+        paged_attention(a, stream_);
+      }
+      mark("attention");
+      if (fused) {
+        gemv_call(attn_, nullptr, d.o, residual_, q, h, GemvIn::kBf16, GemvOut::kAddF32);
+        mark("o_gemv_add");
+      } else {
+        gemm_->linear(attn_, d.o, delta_, true, s.tokens, q, h, stream_, s.decode);
+        mark("o_gemm");
+        pending = true;
       }
     }
-    if (s.sampled == 0) return;
-    if (fused) {  // decode: sampled row i is token i
-      gemv_call(residual_, final_norm_, lm_head_, logits_, h, v, GemvIn::kRmsNorm, GemvOut::kF32);
-      mark("final_norm_lm_head_gemv");
-    } else {
-      add_rms_norm(residual_, pending ? delta_ : nullptr, final_norm_, final_h_, dev<int32_t>(L.sample_rows),
-                   s.sampled, h, eps, stream_);
-      mark("add_rms_norm");
-      gemm_->linear(final_h_, lm_head_, logits_, true, s.sampled, h, v, stream_, s.decode);
-      mark("lm_head_gemm");
+    if (opts_.ablation != Ablation::kNoMlp) {
+      if (fused) {
+        gemv_call(residual_, d.post_norm, d.gate_up, act_, h, in, GemvIn::kRmsNorm, GemvOut::kSwiGlu);
+        mark("norm_gate_up_swiglu_gemv");
+        gemv_call(act_, nullptr, d.down, residual_, in, h, GemvIn::kBf16, GemvOut::kAddF32);
+        mark("down_gemv_add");
+      } else {
+        add_rms_norm(residual_, pending ? delta_ : nullptr, d.post_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
+        mark("add_rms_norm");
+        gemm_->linear(hnorm_, d.gate_up, gate_up_, false, s.tokens, h, 2 * in, stream_, s.decode);
+        mark("gate_up_gemm");
+        silu_mul(gate_up_, act_, s.tokens, in, stream_);
+        mark("silu_mul");
+        gemm_->linear(act_, d.down, delta_, true, s.tokens, in, h, stream_, s.decode);
+        mark("down_gemm");
+        pending = true;
+      }
     }
   }
   if (s.sampled == 0) return;
+  if (fused) {  // decode: sampled row i is token i
+    gemv_call(residual_, final_norm_, lm_head_, logits_, h, v, GemvIn::kRmsNorm, GemvOut::kF32);
+    mark("final_norm_lm_head_gemv");
+  } else {
+    add_rms_norm(residual_, pending ? delta_ : nullptr, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled,
+                 h, eps, stream_);
+    mark("add_rms_norm");
+    gemm_->linear(final_h_, lm_head_, logits_, true, s.sampled, h, v, stream_, s.decode);
+    mark("lm_head_gemm");
+  }
   if (s.greedy) {
     argmax_rows(logits_, argmax_val_, argmax_idx_, out_tokens_, s.sampled, v, stream_);
     mark("argmax");

@@ -41,24 +41,17 @@ __device__ __forceinline__ void pdl_trigger() {
 bool pdl_enabled();
 
 namespace detail {
-// cudaLaunchKernelEx with the PDL attribute (when enabled) and, given `cluster`, thread-block
-// clusters; `cooperative`: the launch fails rather than starts when the grid cannot be resident at
-// once (grid barriers).
+// cudaLaunchKernelEx with the PDL attribute (when enabled) and, given `cluster`, thread-block clusters.
 template <typename... Params, typename... Args>
-void launch_kernel_ex(void (*kernel)(Params...), dim3 grid, dim3 block, const dim3* cluster, bool cooperative,
-                      size_t smem, cudaStream_t stream, Args&&... args) {
+void launch_kernel_ex(void (*kernel)(Params...), dim3 grid, dim3 block, const dim3* cluster, size_t smem,
+                      cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[3];
+  cudaLaunchAttribute attr[2];
   unsigned n = 0;
-  if (cooperative) {
-    attr[n].id = cudaLaunchAttributeCooperative;
-    attr[n].val.cooperative = 1;
-    ++n;
-  }
   if (cluster != nullptr) {
     attr[n].id = cudaLaunchAttributeClusterDimension;
     attr[n].val.clusterDim.x = cluster->x;
@@ -82,21 +75,14 @@ void launch_kernel_ex(void (*kernel)(Params...), dim3 grid, dim3 block, const di
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    Args&&... args) {
-  detail::launch_kernel_ex(kernel, grid, block, nullptr, false, smem, stream, std::forward<Args>(args)...);
+  detail::launch_kernel_ex(kernel, grid, block, nullptr, smem, stream, std::forward<Args>(args)...);
 }
 
 // As launch_kernel, as thread-block clusters of `cluster` blocks (sm_90; grid a multiple of it).
 template <typename... Params, typename... Args>
 void launch_kernel_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, dim3 cluster, size_t smem,
                             cudaStream_t stream, Args&&... args) {
-  detail::launch_kernel_ex(kernel, grid, block, &cluster, false, smem, stream, std::forward<Args>(args)...);
-}
-
-// As launch_kernel, cooperative: every block of the grid resident at once, or a launch error.
-template <typename... Params, typename... Args>
-void launch_kernel_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                               Args&&... args) {
-  detail::launch_kernel_ex(kernel, grid, block, nullptr, true, smem, stream, std::forward<Args>(args)...);
+  detail::launch_kernel_ex(kernel, grid, block, &cluster, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace mpserve::backend::cuda

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
 
 #include <fmt/format.h>
@@ -21,8 +22,12 @@ std::vector<fs::path> default_results_files() {
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) {
-    const fs::path shipped = exe.parent_path() / "share" / "mpserve" / "study" / "results.csv";
-    if (fs::exists(shipped)) files.push_back(shipped);
+    std::vector<fs::path> shipped;
+    for (const auto& e : fs::directory_iterator(exe.parent_path() / "share" / "mpserve" / "study", ec)) {
+      if (e.is_regular_file() && e.path().extension() == ".csv") shipped.push_back(e.path());
+    }
+    std::sort(shipped.begin(), shipped.end());
+    files.insert(files.end(), shipped.begin(), shipped.end());
   }
   return files;
 }
@@ -51,28 +56,54 @@ Result<double> model_params_b(const fs::path& model_dir) {
 }
 
 std::vector<GainPoint> gain_points(const std::vector<ResultRow>& rows) {
-  const std::vector<CellSummary> cells = summarize(rows);
-  std::vector<GainPoint> points;
-  for (const CellSummary& c : cells) {
-    const ResultRow& r = c.first;
-    if (r.engines < 2 || r.ablation != "full" || r.async != 0 || r.step_cpu_us != 0) continue;
-    if (r.mps != (r.device == "cpu" ? "off" : "on")) continue;
-    const CellSummary* base = find_baseline(cells, c);
-    if (!base) continue;
-    auto g = gain_of(c, *base);
-    if (!g) continue;
-    GainPoint p;
-    p.gpu = r.gpu;
-    p.shape = r.shape;
-    p.params_b = r.params_b;
-    p.context = r.context;
-    p.workload = r.workload;
-    p.engines = r.engines;
-    p.median = g->median;
-    p.lo = g->min;
-    p.hi = g->max;
-    points.push_back(p);
+  // note: a gain is a ratio of two measurements of one engine build, so each build's rows are
+  // summarized on their own: summarize() would merge a cell that two builds measured (the cell
+  // key has no commit), and a baseline from another build would measure the engine change, not
+  // co-location.
+  std::vector<std::string> builds;
+  std::map<std::string, std::vector<ResultRow>> by_build;
+  for (const ResultRow& r : rows) {
+    auto [it, inserted] = by_build.try_emplace(r.commit);
+    if (inserted) builds.push_back(r.commit);
+    it->second.push_back(r);
   }
+  std::vector<GainPoint> points;
+  for (const std::string& build : builds) {
+    const std::vector<CellSummary> cells = summarize(by_build[build]);
+    for (const CellSummary& c : cells) {
+      const ResultRow& r = c.first;
+      if (r.engines < 2 || r.ablation != "full" || r.async != 0 || r.step_cpu_us != 0) continue;
+      if (r.mps != (r.device == "cpu" ? "off" : "on")) continue;
+      const CellSummary* base = find_baseline(cells, c);
+      if (!base) continue;
+      auto g = gain_of(c, *base);
+      if (!g) continue;
+      GainPoint p;
+      p.gpu = r.gpu;
+      p.shape = r.shape;
+      p.params_b = r.params_b;
+      p.context = r.context;
+      p.workload = r.workload;
+      p.engines = r.engines;
+      p.median = g->median;
+      p.lo = g->min;
+      p.hi = g->max;
+      p.commit = r.commit;
+      p.measured = r.timestamp;
+      points.push_back(p);
+    }
+  }
+  // Per GPU, workload and shape, only the newest study's points: its cells were measured with the
+  // engine as it is now (a faster engine moves the gains a lot: on an H200 the 0.5B decode gain at
+  // context 2048 went from +41% to +1% between two studies), and mixing contexts measured on
+  // two builds would interpolate between them.
+  std::map<std::string, std::pair<std::string, std::string>> newest;  // key -> (timestamp, commit)
+  auto key = [](const GainPoint& p) { return p.gpu + "|" + p.workload + "|" + p.shape; };
+  for (const GainPoint& p : points) {
+    auto& n = newest[key(p)];
+    if (p.measured > n.first) n = {p.measured, p.commit};
+  }
+  std::erase_if(points, [&](const GainPoint& p) { return p.commit != newest[key(p)].second; });
   return points;
 }
 

@@ -13,12 +13,15 @@
 namespace mpserve::study {
 
 // Where advice looks for study results, in order, when no file is named: $MPSERVE_STUDY_RESULTS,
-// then the results shipped with the binary (<exe dir>/share/mpserve/study/results.csv, a copy of
-// docs/results/study/results.csv made at build time). Only existing files are returned.
+// then the results shipped with the binary (<exe dir>/share/mpserve/study/*.csv in name order:
+// build-time copies of docs/results/study*/results.csv, named after their directory). Only
+// existing files are returned.
 std::vector<std::filesystem::path> default_results_files();
 
 // Gains of the full model (no ablation, no injected CPU cost, no async scheduling): every N-engine
-// cell (MPS on; on CPU, where MPS does not exist, off) against its 1-engine baseline.
+// cell (MPS on; on CPU, where MPS does not exist, off) against its 1-engine baseline measured by
+// the same engine build. Per GPU, workload and shape only the newest build's points are kept
+// (the newest N-engine cell decides), so several studies can be read together.
 std::vector<GainPoint> gain_points(const std::vector<ResultRow>& rows);
 
 // Rows of every file (a missing file is an error here: the caller named it).

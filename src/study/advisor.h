@@ -20,6 +20,8 @@ struct GainPoint {
   int engines = 2;
   double median = 0;        // thr(N) / thr(1) - 1
   double lo = 0, hi = 0;    // its spread over repeats (min, max)
+  std::string commit;       // the engine build that measured both cells
+  std::string measured;     // UTC timestamp of the N-engine cell (ISO 8601: orders as text)
 };
 
 struct AdviceQuery {

@@ -4,11 +4,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "cli/cli_test_util.h"
+#include "study/advise.h"
 #include "study/results.h"
 
 namespace mpserve::study {
@@ -58,6 +61,64 @@ fs::path write_fixture() {
     EXPECT_TRUE(w->append(row("qwen2.5-7b", 7.0, 128, 2, rep, 400)));
   }
   return p;
+}
+
+// Two studies read together: per shape the newer build's points replace the older ones, a shape
+// only the older study measured keeps its points, and an N-engine cell whose only baseline was
+// measured by another build gives no gain.
+TEST(AdviseCli, newest_study_per_shape_wins_and_a_gain_pairs_one_build) {
+  auto at = [](ResultRow r, const std::string& commit, const std::string& ts) {
+    r.commit = commit;
+    r.timestamp = ts;
+    return r;
+  };
+  const std::string t_old = "2026-11-27T05:00:00Z", t_new = "2026-11-27T14:00:00Z";
+  std::vector<ResultRow> old_rows, new_rows;
+  for (int rep = 0; rep < 2; ++rep) {
+    old_rows.push_back(at(row("qwen2.5-0.5b", 0.5, 128, 1, rep, 1000), "old", t_old));
+    old_rows.push_back(at(row("qwen2.5-0.5b", 0.5, 128, 2, rep, 1500), "old", t_old));  // +50%
+    old_rows.push_back(at(row("qwen2.5-0.5b", 0.5, 512, 1, rep, 800), "old", t_old));
+    old_rows.push_back(at(row("qwen2.5-0.5b", 0.5, 512, 2, rep, 1200), "old", t_old));  // +50%, older build
+    old_rows.push_back(at(row("qwen2.5-0.5b", 0.5, 2048, 1, rep, 400), "old", t_old));
+    old_rows.push_back(at(row("qwen2.5-7b", 7.0, 128, 1, rep, 500), "old", t_old));
+    old_rows.push_back(at(row("qwen2.5-7b", 7.0, 128, 2, rep, 400), "old", t_old));  // -20%
+    new_rows.push_back(at(row("qwen2.5-0.5b", 0.5, 128, 1, rep, 2000), "new", t_new));
+    new_rows.push_back(at(row("qwen2.5-0.5b", 0.5, 128, 2, rep, 1800), "new", t_new));  // -10%
+    new_rows.push_back(at(row("qwen2.5-0.5b", 0.5, 2048, 2, rep, 800), "new", t_new));   // baseline: old build only
+  }
+  std::vector<ResultRow> all = old_rows;
+  all.insert(all.end(), new_rows.begin(), new_rows.end());
+  const std::vector<GainPoint> pts = gain_points(all);
+  ASSERT_EQ(pts.size(), 2u);
+  for (const GainPoint& p : pts) {
+    if (p.shape == "qwen2.5-0.5b") {
+      EXPECT_EQ(p.commit, "new");
+      EXPECT_EQ(p.context, 128);
+      EXPECT_NEAR(p.median, -0.10, 1e-12);
+    } else {
+      EXPECT_EQ(p.shape, "qwen2.5-7b");
+      EXPECT_EQ(p.commit, "old");
+      EXPECT_NEAR(p.median, -0.20, 1e-12);
+    }
+  }
+  // The same through the binary, each study in its own file, the older one named last.
+  auto write = [](const std::vector<ResultRow>& rows, const std::string& tag) {
+    fs::path p = fs::temp_directory_path() / fmt::format("mpserve-advise-{}-{}.csv", tag, getpid());
+    fs::remove(p);
+    auto w = ResultsWriter::open(p);
+    EXPECT_TRUE(w) << w.error();
+    for (const ResultRow& r : rows) EXPECT_TRUE(w->append(r));
+    return p;
+  };
+  const fs::path f_new = write(new_rows, "new"), f_old = write(old_rows, "old");
+  auto r = run_mpserve("advise --results " + f_new.string() + " --results " + f_old.string() +
+                       " --gpu 'NVIDIA Test GPU' --params-b 0.5 --context 128 --workload decode --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["colocate"], false) << r.out;  // the old build's +50% would have said yes
+  EXPECT_EQ(j["engines"], 1);
+  fs::remove(f_new);
+  fs::remove(f_old);
 }
 
 TEST(AdviseCli, answers_from_study_results_for_the_named_gpu) {

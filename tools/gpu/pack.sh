@@ -8,6 +8,7 @@ rm -rf gpu-pack && mkdir -p gpu-pack/share
 for b in mpserve test_cuda; do
   [ -f "$build/$b" ] && strip -o "gpu-pack/$b" "$build/$b"
 done
+[ -f "$build/libmpserve_kernel_trace.so" ] && strip -o gpu-pack/libmpserve_kernel_trace.so "$build/libmpserve_kernel_trace.so"
 cp -r "$build/share/mpserve" gpu-pack/share/
 # The source revision the pack was made from (+dirty: sources differ from it), so that every log
 # of a GPU run can say which code produced it.

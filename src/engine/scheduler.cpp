@@ -54,9 +54,14 @@ SchedulerOutput Scheduler::schedule() {
   };
 
   // Running sequences: decodes first, then prefill chunks; arrival order within each group.
-  std::vector<Sequence*> order = running_;
-  std::stable_partition(order.begin(), order.end(), [](const Sequence* s) { return s->num_uncomputed() == 1; });
-  for (Sequence* seq : order) {
+  // note: a copy, since preemption edits running_ below; kept in a member so that steps reuse
+  // its storage (stable_partition also allocated a buffer every step).
+  order_.clear();
+  for (Sequence* s : running_)
+    if (s->num_uncomputed() == 1) order_.push_back(s);
+  for (Sequence* s : running_)
+    if (s->num_uncomputed() != 1) order_.push_back(s);
+  for (Sequence* seq : order_) {
     if (budget <= 0) break;
     if (seq->status != SeqStatus::kRunning) continue;  // preempted earlier in this loop
     if (seq->final_token_pending) continue;            // finishes when the step in flight returns

@@ -74,6 +74,7 @@ class Scheduler {
   BlockManager* blocks_;
   std::deque<Sequence*> waiting_;
   std::vector<Sequence*> running_;
+  std::vector<Sequence*> order_;  // schedule()'s scratch: running_ in scheduling order
   int64_t num_preemptions_ = 0;
   uint64_t round_ = 0;  // schedule() calls; Sequence::scheduled_round marks membership of a step
 };

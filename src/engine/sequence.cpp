@@ -9,6 +9,15 @@ StopStringMatcher::StopStringMatcher(std::vector<std::string> stops) : stops_(st
   std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
 }
 
+void StopStringMatcher::feed_to(std::string_view text, std::string* out, bool* stopped) {
+  if (stops_.empty()) {
+    *stopped = false;
+    out->append(text);
+    return;
+  }
+  out->append(feed(text, stopped));
+}
+
 std::string StopStringMatcher::feed(std::string_view text, bool* stopped) {
   *stopped = false;
   if (stopped_) return {};

@@ -23,6 +23,9 @@ class StopStringMatcher {
   // Appends `text`; returns what is now safe to release. Sets *stopped when a stop string
   // matched (the stop string and everything after it are dropped; later calls return "").
   std::string feed(std::string_view text, bool* stopped);
+  // The same, appending what is released to *out (without stop strings nothing is held back and
+  // text goes straight through).
+  void feed_to(std::string_view text, std::string* out, bool* stopped);
   // End of stream without a match: releases everything held back.
   std::string finish();
   const std::string& held() const { return held_; }

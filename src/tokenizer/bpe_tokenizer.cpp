@@ -67,7 +67,7 @@ std::string BpeTokenizer::decode(const std::vector<int32_t>& ids, bool skip_spec
   return utf8_is_valid(raw) ? raw : utf8_lossy(raw);
 }
 
-std::string BpeTokenizer::token_bytes(int32_t id) const {
+std::string_view BpeTokenizer::token_bytes(int32_t id) const {
   if (id < 0 || static_cast<size_t>(id) >= bytes_.size()) return {};
   return bytes_[id];
 }

@@ -28,7 +28,7 @@ class BpeTokenizer final : public Tokenizer {
 
   std::vector<int32_t> encode(std::string_view text) const override;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
-  std::string token_bytes(int32_t id) const override;
+  std::string_view token_bytes(int32_t id) const override;
   int32_t vocab_size() const override { return static_cast<int32_t>(bytes_.size()); }
   std::optional<int32_t> token_to_id(std::string_view token) const override;
   bool is_special(int32_t id) const override;

@@ -9,24 +9,30 @@
 namespace mpserve::tokenizer {
 namespace {
 
-// Moves the decided prefix of *pending into *out; at end of stream nothing is held back.
-void drain(std::string* pending, std::string* out, bool end_of_stream) {
-  const std::string& s = *pending;
-  size_t i = 0;
+// Appends the decided prefix of s to *out (ill-formed bytes as U+FFFD) and returns its length in
+// s; at end of stream all of s is decided. Runs of complete characters are appended at once.
+size_t drain(std::string_view s, std::string* out, bool end_of_stream) {
+  size_t i = 0, run = 0;  // [run, i): complete characters not yet appended
   while (i < s.size()) {
+    if (static_cast<unsigned char>(s[i]) < 0x80) {  // ASCII: the common case
+      ++i;
+      continue;
+    }
     size_t subpart;
     bool truncated;
     const size_t n = utf8_sequence_length(s, i, &subpart, &truncated);
     if (n > 0) {
-      out->append(s, i, n);
       i += n;
       continue;
     }
-    if (truncated && !end_of_stream) break;  // may still complete with the next token's bytes
+    out->append(s.substr(run, i - run));
+    if (truncated && !end_of_stream) return i;  // may still complete with the next token's bytes
     out->append(kReplacementChar);
     i += subpart;
+    run = i;
   }
-  pending->erase(0, i);
+  out->append(s.substr(run, i - run));
+  return i;
 }
 
 }  // namespace
@@ -35,16 +41,26 @@ IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tok, bool skip_s
     : tok_(tok), skip_special_(skip_special_tokens) {}
 
 std::string IncrementalDetokenizer::push(int32_t id) {
-  if (skip_special_ && tok_.is_special(id)) return {};
-  pending_ += tok_.token_bytes(id);
   std::string out;
-  drain(&pending_, &out, /*end_of_stream=*/false);
+  push_to(id, &out);
   return out;
+}
+
+void IncrementalDetokenizer::push_to(int32_t id, std::string* out) {
+  if (skip_special_ && tok_.is_special(id)) return;
+  const std::string_view bytes = tok_.token_bytes(id);
+  if (pending_.empty()) {  // nothing held back: decode the token's bytes in place
+    pending_.assign(bytes.substr(drain(bytes, out, /*end_of_stream=*/false)));
+    return;
+  }
+  pending_ += bytes;
+  pending_.erase(0, drain(pending_, out, /*end_of_stream=*/false));
 }
 
 std::string IncrementalDetokenizer::flush() {
   std::string out;
-  drain(&pending_, &out, /*end_of_stream=*/true);
+  drain(pending_, &out, /*end_of_stream=*/true);
+  pending_.clear();
   return out;
 }
 

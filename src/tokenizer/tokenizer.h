@@ -28,8 +28,9 @@ class Tokenizer {
   virtual std::vector<int32_t> encode(std::string_view text) const = 0;
   // Decodes ids to text; invalid UTF-8 from partial byte sequences becomes U+FFFD.
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const = 0;
-  // Raw bytes of one token (byte-level mapping undone); empty for unknown ids.
-  virtual std::string token_bytes(int32_t id) const = 0;
+  // Raw bytes of one token (byte-level mapping undone); empty for unknown ids. The view stays
+  // valid as long as the tokenizer (the streaming decoder reads it once per generated token).
+  virtual std::string_view token_bytes(int32_t id) const = 0;
 
   virtual int32_t vocab_size() const = 0;  // highest id + 1, added tokens included
   virtual std::optional<int32_t> token_to_id(std::string_view token) const = 0;
@@ -48,6 +49,8 @@ class IncrementalDetokenizer {
   IncrementalDetokenizer(const Tokenizer& tok, bool skip_special_tokens);
   // Returns the newly completed text (possibly empty).
   std::string push(int32_t id);
+  // The same, appended to *out (the engine's per-token path: no string per token).
+  void push_to(int32_t id, std::string* out);
   // Returns whatever is held back, invalid bytes as U+FFFD (end of stream).
   std::string flush();
 

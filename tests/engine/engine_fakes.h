@@ -71,8 +71,8 @@ class FakeTokenizer : public tokenizer::Tokenizer {
     }
     return s;
   }
-  std::string token_bytes(int32_t id) const override {
-    return id >= 0 && id < kVocab ? pieces_[id] : std::string();
+  std::string_view token_bytes(int32_t id) const override {
+    return id >= 0 && id < kVocab ? std::string_view(pieces_[id]) : std::string_view();
   }
   int32_t vocab_size() const override { return kVocab; }
   std::optional<int32_t> token_to_id(std::string_view token) const override {

@@ -83,6 +83,7 @@ struct StepTimings {
   int32_t num_tokens = 0;
   int32_t num_seqs = 0;
   double host_us = 0;        // inside launch() + collect() but not blocked on the device (packing, launches)
+  double enqueue_us = 0;     // of host_us: the CUDA calls that enqueue the step (input copy, graph or kernel launches)
   double wait_us = 0;        // the last collect() blocked on the device
 };
 

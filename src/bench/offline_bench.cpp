@@ -21,6 +21,8 @@ struct RunStats {
   int64_t decode_steps = 0;
   double decode_step_s_sum = 0;
   double host_us_sum = 0;     // decode steps only
+  double backend_us_sum = 0;  // of host_us_sum: inside the backend
+  double enqueue_us_sum = 0;  // of backend_us_sum: the CUDA calls that enqueue the step
   int64_t host_steps = 0;
   double decode_ctx_sum = 0;  // mean keys per sequence read by each counted decode step, summed
 };
@@ -77,6 +79,8 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
       st.decode_step_s_sum += seconds(s1 - s0);
       if (tm.valid) {
         st.host_us_sum += seconds(s1 - s0) * 1e6 - tm.wait_us;
+        st.backend_us_sum += tm.host_us;
+        st.enqueue_us_sum += tm.enqueue_us;
         ++st.host_steps;
       }
     }
@@ -150,7 +154,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
         MPS_ASSIGN_OR_RETURN(RunStats ignored, run_once(eng, vocab, batch, std::min(len, 16), o.output_len, ++run_seed));
         (void)ignored;
       }
-      std::vector<double> pf, dt, ds, host, ctxs;
+      std::vector<double> pf, dt, ds, host, backend_host, enqueue, ctxs;
       for (int rep = 0; rep < o.repeats; ++rep) {
         MPS_ASSIGN_OR_RETURN(RunStats st, run_once(eng, vocab, batch, len, o.output_len, ++run_seed));
         pf.push_back(double(batch) * len / st.prefill_s);
@@ -159,7 +163,11 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           ds.push_back(st.decode_step_s_sum / double(st.decode_steps) * 1e3);
           ctxs.push_back(st.decode_ctx_sum / double(st.decode_steps));
         }
-        if (st.host_steps) host.push_back(st.host_us_sum / double(st.host_steps));
+        if (st.host_steps) {
+          host.push_back(st.host_us_sum / double(st.host_steps));
+          backend_host.push_back(st.backend_us_sum / double(st.host_steps));
+          enqueue.push_back(st.enqueue_us_sum / double(st.host_steps));
+        }
         std::fprintf(out, "  run batch=%d input_len=%d rep=%d prefill_s=%.4f decode_s=%.4f decode_steps=%lld\n",
                      batch, len, rep, st.prefill_s, st.decode_s, static_cast<long long>(st.decode_steps));
       }
@@ -168,7 +176,11 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
       r.prefill_tok_s = median(pf), r.prefill_tok_s_spread = spread(pf);
       r.decode_tok_s = median(dt), r.decode_tok_s_spread = spread(dt);
       r.decode_step_ms = median(ds), r.decode_step_ms_spread = spread(ds);
-      if (!host.empty()) r.host_us_per_step = median(host);
+      if (!host.empty()) {
+        r.host_us_per_step = median(host);
+        r.backend_host_us_per_step = median(backend_host);
+        r.enqueue_us_per_step = median(enqueue);
+      }
       // Mean keys per sequence over the counted decode steps (with chunked prefill those are the
       // last ones, not L + O/2); without any, the mean over L + 1 ... L + O - 1.
       const double ctx = ctxs.empty() ? len + o.output_len / 2.0 : median(ctxs);
@@ -204,14 +216,15 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           "prefill_tok_s={:.0f} prefill_spread={:.3f} decode_tok_s={:.0f} decode_spread={:.3f} "
           "decode_step_ms={:.4f} step_spread={:.3f} host_us_per_step={} host_frac={} "
           "decode_bytes_per_step={:.4g} decode_roofline_frac={} prefill_flops={:.4g} prefill_peak_frac={} "
-          "copy_gb_s={} bf16_tflops={}",
+          "copy_gb_s={} bf16_tflops={} host_backend_us={} host_enqueue_us={}",
           o.model_label.empty() ? "?" : o.model_label, be.name(), have_ceilings ? ceil.device_name : "n/a", batch,
           len, o.output_len, o.repeats, r.prefill_tok_s, r.prefill_tok_s_spread, r.decode_tok_s,
           r.decode_tok_s_spread, r.decode_step_ms, r.decode_step_ms_spread, fmt_opt(r.host_us_per_step, "{:.1f}"),
           fmt_opt(host_frac, "{:.3f}"), r.decode_bytes_per_step, fmt_opt(r.decode_roofline_frac, "{:.3f}"),
           r.prefill_flops, fmt_opt(r.prefill_peak_frac, "{:.3f}"),
           have_ceilings ? fmt::format("{:.0f}", ceil.copy_gb_s) : "n/a",
-          have_ceilings ? fmt::format("{:.1f}", ceil.bf16_tflops) : "n/a"));
+          have_ceilings ? fmt::format("{:.1f}", ceil.bf16_tflops) : "n/a", fmt_opt(r.backend_host_us_per_step, "{:.1f}"),
+          fmt_opt(r.enqueue_us_per_step, "{:.1f}")));
       results.push_back(r);
     }
   }

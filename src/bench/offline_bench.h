@@ -31,6 +31,10 @@ struct OfflineBenchResult {
   double decode_tok_s = 0, decode_tok_s_spread = 0;
   double decode_step_ms = 0, decode_step_ms_spread = 0;
   double host_us_per_step = -1;  // -1: the backend does not time its steps
+  // Of host_us_per_step: the backend's own share (packing, enqueueing, reading results back), and
+  // of that the CUDA calls that enqueue the step; the rest of the host time is the engine's.
+  double backend_host_us_per_step = -1;
+  double enqueue_us_per_step = -1;
   double decode_bytes_per_step = 0, prefill_flops = 0;
   double decode_roofline_frac = -1, prefill_peak_frac = -1;  // -1: ceilings n/a
 };

@@ -710,6 +710,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
     rows[n_sampled] = t;
     params[n_sampled++] = SampleParamsDev{};
   }
+  const auto t_packed = Clock::now();
   const size_t bytes = L.block_tables + size_t(padded) * size_t(max_blocks_) * sizeof(int32_t);
   CUDA_CHECK(cudaMemcpyAsync(staging_dev_, staging_host_, bytes, cudaMemcpyHostToDevice, stream_));
 
@@ -759,7 +760,9 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   CUDA_CHECK(cudaEventRecord(done_, stream_));
   in_flight_.sampled = real_sampled;
   in_flight_.want_logits = want_logits;
-  last_timings_.host_us = std::chrono::duration<double, std::micro>(Clock::now() - t_begin).count();
+  const auto t_end = Clock::now();
+  last_timings_.host_us = std::chrono::duration<double, std::micro>(t_end - t_begin).count();
+  last_timings_.enqueue_us = std::chrono::duration<double, std::micro>(t_end - t_packed).count();
 }
 
 void CudaBackend::collect(StepOutput* out) {

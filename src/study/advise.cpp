@@ -100,8 +100,8 @@ std::vector<GainPoint> gain_points(const std::vector<ResultRow>& rows) {
   std::map<std::string, std::pair<std::string, std::string>> newest;  // key -> (timestamp, commit)
   auto key = [](const GainPoint& p) { return p.gpu + "|" + p.workload + "|" + p.shape; };
   for (const GainPoint& p : points) {
-    auto& n = newest[key(p)];
-    if (p.measured > n.first) n = {p.measured, p.commit};
+    auto [it, first] = newest.try_emplace(key(p), p.measured, p.commit);
+    if (!first && p.measured > it->second.first) it->second = {p.measured, p.commit};
   }
   std::erase_if(points, [&](const GainPoint& p) { return p.commit != newest[key(p)].second; });
   return points;

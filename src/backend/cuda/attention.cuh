@@ -77,9 +77,10 @@ struct DecodeAttentionArgs {
   int fixed_partition = 0;
   // > 1: cluster mode (sm_90 thread-block clusters). The grid's z extent is `cluster` blocks per
   // (sequence, kv head), one cluster; a sequence's keys are cut into at most `cluster` equal runs
-  // of whole 16-key tiles (fewer when it is short: decode_cluster_parts), and the blocks merge
-  // their partial results through distributed shared memory: no partial buffers, no counters, no
-  // second pass through L2. partition_size / max_partitions / partials / counters are unused.
+  // of whole 16-key tiles (fewer when it is short: the split rule beside kClusterOneBlockTiles in
+  // decode_attention.cu), and the blocks merge their partial results through distributed shared
+  // memory: no partial buffers, no counters, no second pass through L2. partition_size /
+  // max_partitions / partials / counters are unused.
   // 2, 4 or 8; kv lengths up to cluster * warps * 512 keys (decode_cluster_ok).
   int cluster = 0;
   // Cluster mode: a sequence is split only where every block in use gets at least this many

@@ -33,9 +33,9 @@ constexpr int kRepeats = 50;
 void print(const char* kernel, const std::string& shape, int rows, const api::GemvBench& b) {
   std::printf(
       "BENCH kernel=%s shape=%s rows=%d us=%.2f GBps=%.0f us_min=%.2f us_max=%.2f n_tiles=%d warps=%d grid=%d "
-      "launches=%d pdl=%d\n",
+      "bn=%d split=%d launches=%d pdl=%d\n",
       kernel, shape.c_str(), rows, b.us_median, b.weight_bytes / (b.us_median * 1e3), b.us_min, b.us_max, b.n_tiles,
-      b.warps, b.grid, b.launches, api::pdl_enabled() ? 1 : 0);
+      b.warps, b.grid, b.bn, b.split, b.launches, api::pdl_enabled() ? 1 : 0);
   std::fflush(stdout);
 }
 
@@ -68,6 +68,40 @@ TEST_F(GemvBench, DISABLED_linears_vs_cublaslt) {
       for (int rows : {1, 4, 8}) {
         print("gemv", shape, rows, api::gemv_bench(l.mode, false, rows, l.in, l.out, kRepeats));
         print("cublaslt", shape, rows, api::gemv_bench(l.mode, true, rows, l.in, l.out, kRepeats));
+      }
+    }
+  }
+}
+
+// The tensor-core decode linear (mma_linear.cuh) against cuBLASLt at 16..64 rows, the launcher's
+// plan and, for retuning mma_linear_plan, every tile width with splits 1, 2, 4, 8. The norm
+// modes include the mma path's add_rms_norm launch; cuBLASLt's rows leave out its norm / SiLU /
+// add kernels.
+TEST_F(GemvBench, DISABLED_mma_linears_vs_cublaslt) {
+  constexpr int kMmaRepeats = 15;  // 240 measurements: keep the run within a few minutes
+  for (const ModelShape& m : kShapes) {
+    struct Linear {
+      const char* name;
+      api::GemvMode mode;
+      int in, out;
+    };
+    const Linear linears[] = {
+        {"qkv", api::GemvMode::kNormF32, m.hidden, m.q_dim + 2 * m.kv_dim},
+        {"o", api::GemvMode::kAddF32, m.q_dim, m.hidden},
+        {"gate_up", api::GemvMode::kNormSwiGlu, m.hidden, m.inter},
+        {"down", api::GemvMode::kAddF32, m.inter, m.hidden},
+        {"lm_head", api::GemvMode::kNormF32, m.hidden, kVocab},
+    };
+    for (const Linear& l : linears) {
+      const std::string shape = std::string(m.name) + "_" + l.name;
+      for (int rows : {16, 64}) {
+        print("mma", shape, rows, api::gemv_bench(l.mode, false, rows, l.in, l.out, kMmaRepeats, 0, 0, 0, true));
+        print("cublaslt", shape, rows, api::gemv_bench(l.mode, true, rows, l.in, l.out, kMmaRepeats));
+        if (rows != 64) continue;
+        for (int bn : {64, 128})
+          for (int split : {1, 2, 4, 8})
+            print("mma_plan", shape, rows,
+                  api::gemv_bench(l.mode, false, rows, l.in, l.out, kMmaRepeats, 0, 0, 0, true, bn, split));
       }
     }
   }
@@ -131,6 +165,13 @@ TEST_F(GemvBench, DISABLED_layer_chain_fused_vs_cublaslt) {
       const std::string shape = std::string(m.name) + "_layer_x" + std::to_string(kLayers);
       print("chain_gemv", shape, rows,
             api::layer_chain_bench(true, rows, m.hidden, m.q_dim, m.kv_dim, m.inter, kLayers, kRepeats));
+      print("chain_cublaslt", shape, rows,
+            api::layer_chain_bench(false, rows, m.hidden, m.q_dim, m.kv_dim, m.inter, kLayers, kRepeats));
+    }
+    for (int rows : {16, 64}) {
+      const std::string shape = std::string(m.name) + "_layer_x" + std::to_string(kLayers);
+      print("chain_mma", shape, rows,
+            api::layer_chain_bench(true, rows, m.hidden, m.q_dim, m.kv_dim, m.inter, kLayers, kRepeats, true));
       print("chain_cublaslt", shape, rows,
             api::layer_chain_bench(false, rows, m.hidden, m.q_dim, m.kv_dim, m.inter, kLayers, kRepeats));
     }

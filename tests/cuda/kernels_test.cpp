@@ -340,10 +340,13 @@ TEST_F(CudaKernels, decode_attention_relaunch_with_other_lengths_resets_merge_co
 
 // The fused GEMV (every prologue/epilogue) against rms_norm / linear / silu_mul composed on the
 // CPU, for one shape and plan (n_tiles / warps / grid 0: the launcher's choice).
-void check_gemv(std::mt19937& rng, ThreadPool& pool, int rows, int in, int out, int n_tiles, int warps, int grid) {
+// mma: the tensor-core decode linear instead, with its plan forced where bn / split > 0.
+void check_gemv(std::mt19937& rng, ThreadPool& pool, int rows, int in, int out, int n_tiles, int warps, int grid,
+                bool mma = false, int bn = 0, int split = 0) {
   const std::string what = "rows " + std::to_string(rows) + " in " + std::to_string(in) + " out " +
                            std::to_string(out) + " n_tiles " + std::to_string(n_tiles) + " warps " +
-                           std::to_string(warps) + " grid " + std::to_string(grid);
+                           std::to_string(warps) + " grid " + std::to_string(grid) +
+                           (mma ? " mma bn " + std::to_string(bn) + " split " + std::to_string(split) : "");
   auto res = random_vec(size_t(rows) * in, rng);
   auto nw = round_bf16(random_vec(in, rng));
   auto w = round_bf16(random_vec(size_t(2 * out) * in, rng, 0.05f));
@@ -353,7 +356,8 @@ void check_gemv(std::mt19937& rng, ThreadPool& pool, int rows, int in, int out, 
   // RMSNorm prologue, f32 store (W: the first `out` rows).
   std::vector<float> w1(w.begin(), w.begin() + size_t(out) * in), ref(size_t(rows) * out);
   cpu::linear(normed.data(), f32_view(w1, {out, in}), model::TensorView{}, ref.data(), rows, pool);
-  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormF32, res, nw, w1, {}, rows, in, out, 1e-6f, n_tiles, warps, grid),
+  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormF32, res, nw, w1, {}, rows, in, out, 1e-6f, n_tiles, warps, grid, mma,
+                              bn, split),
                     ref),
             kBf16Tol)
       << what;
@@ -363,7 +367,7 @@ void check_gemv(std::mt19937& rng, ThreadPool& pool, int rows, int in, int out, 
     cpu::linear(normed.data(), f32_view(w, {2 * out, in}), model::TensorView{}, gu.data(), rows, pool);
     cpu::silu_mul(gu.data(), act.data(), rows, out);
     EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormSwiGlu, res, nw, w, {}, rows, in, out, 1e-6f, n_tiles, warps,
-                                grid),
+                                grid, mma, bn, split),
                       act),
               kBf16Tol)
         << what;
@@ -375,10 +379,15 @@ void check_gemv(std::mt19937& rng, ThreadPool& pool, int rows, int in, int out, 
   cpu::linear(x.data(), f32_view(w1, {out, in}), model::TensorView{}, lin.data(), rows, pool);
   std::vector<float> added = y0;
   for (size_t i = 0; i < added.size(); ++i) added[i] += lin[i];
-  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kAddF32, x, {}, w1, y0, rows, in, out, 0.f, n_tiles, warps, grid), added),
+  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kAddF32, x, {}, w1, y0, rows, in, out, 0.f, n_tiles, warps, grid, mma,
+                              bn, split),
+                    added),
             1e-4)
       << what;
-  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kF32, x, {}, w1, {}, rows, in, out, 0.f, n_tiles, warps, grid), lin), 1e-4)
+  EXPECT_LT(
+      rel_err(api::gemv(api::GemvMode::kF32, x, {}, w1, {}, rows, in, out, 0.f, n_tiles, warps, grid, mma, bn, split),
+              lin),
+      1e-4)
       << what;
 }
 
@@ -409,11 +418,38 @@ TEST_F(CudaKernels, gemv_odd_sizes_and_forced_plans_match_cpu) {
   }
 }
 
+// The tensor-core decode linear (mma_linear.cuh) at the batch sizes it serves, around the 16-row
+// MMA boundaries (rows past `rows` are zero-filled and dropped), on the Qwen2.5-0.5B qkv and down
+// shapes with the launcher's plan (split clusters on both).
+TEST_F(CudaKernels, mma_linear_prologues_and_epilogues_match_cpu) {
+  for (int rows : {1, 9, 16, 17, 31, 33, 48, 64}) {
+    check_gemv(rng_, pool_, rows, 896, 1152, 0, 0, 0, true);
+    check_gemv(rng_, pool_, rows, 4864, 896, 0, 0, 0, true);
+  }
+}
+
+// Sizes that are not multiples of a 64-wide step along `in` or of the tile (rows past `out` are
+// computed and dropped), every tile width, no split, splits that do not divide the steps, and
+// splits larger than the steps (capped).
+TEST_F(CudaKernels, mma_linear_odd_sizes_and_forced_plans_match_cpu) {
+  struct Shape {
+    int in, out;
+  };
+  for (Shape sh : {Shape{8, 2}, Shape{40, 18}, Shape{904, 1150}, Shape{2056, 270}}) {
+    for (int rows : {9, 40, 64}) {
+      check_gemv(rng_, pool_, rows, sh.in, sh.out, 0, 0, 0, true);
+      for (int bn : {64, 128})
+        for (int split : {1, 3, 8}) check_gemv(rng_, pool_, rows, sh.in, sh.out, 0, 0, 0, true, bn, split);
+    }
+  }
+}
+
 // Back-to-back GEMVs that read the residual the one before wrote and write what it read (the
 // PDL wait/trigger contract), against the same chain on the CPU.
+// Rows above 8 run the same chain on the tensor-core linears (their norm launch included).
 TEST_F(CudaKernels, gemv_chain_through_the_residual_matches_cpu) {
   const int q = 896, h = 896, out = 1152, steps = 6;
-  for (int rows : {1, 8}) {
+  for (int rows : {1, 8, 24, 64}) {
     auto x = round_bf16(random_vec(size_t(rows) * q, rng_));
     auto w_o = round_bf16(random_vec(size_t(h) * q, rng_, 0.05f));
     auto nw = round_bf16(random_vec(h, rng_));
@@ -426,7 +462,8 @@ TEST_F(CudaKernels, gemv_chain_through_the_residual_matches_cpu) {
     cpu::rms_norm(ref_res.data(), f32_view(nw, {h}), normed.data(), rows, h, 1e-6f);
     normed = round_bf16(normed);
     cpu::linear(normed.data(), f32_view(w_q, {out, h}), model::TensorView{}, ref.data(), rows, pool_);
-    auto y = api::gemv_chain(x, w_o, res, nw, w_q, rows, q, h, out, steps, 1e-6f);
+    const bool mma = rows > 8;
+    auto y = api::gemv_chain(x, w_o, res, nw, w_q, rows, q, h, out, steps, 1e-6f, mma);
     EXPECT_LT(rel_err(res, ref_res), 1e-4) << "rows " << rows;
     EXPECT_LT(rel_err(y, ref), kBf16Tol) << "rows " << rows;
   }
@@ -439,11 +476,12 @@ TEST_F(CudaKernels, gemv_chain_through_the_residual_matches_cpu) {
 // -1, position 0: q written, the cache not), and every cache element outside the real rows' slots
 // must keep its poison.
 void check_gemv_qkv_rope(std::mt19937& rng, ThreadPool& pool, int rows, int head_dim, int nh, int nkv, bool bias,
-                         int n_tiles = 0, int warps = 0, int grid = 0) {
+                         int n_tiles = 0, int warps = 0, int grid = 0, bool mma = false, int bn = 0, int split = 0) {
   const std::string what = "rows " + std::to_string(rows) + " D " + std::to_string(head_dim) + " heads " +
                            std::to_string(nh) + "/" + std::to_string(nkv) + (bias ? " bias" : "") + " n_tiles " +
                            std::to_string(n_tiles) + " warps " + std::to_string(warps) + " grid " +
-                           std::to_string(grid);
+                           std::to_string(grid) +
+                           (mma ? " mma bn " + std::to_string(bn) + " split " + std::to_string(split) : "");
   const int in = 896, bs = 16, num_blocks = 2 * rows + 3;
   const int q = nh * head_dim, k = nkv * head_dim, width = q + 2 * k;
   auto res = random_vec(size_t(rows) * in, rng);
@@ -461,9 +499,9 @@ void check_gemv_qkv_rope(std::mt19937& rng, ThreadPool& pool, int rows, int head
     if (pad) real = i;
   }
   auto got = api::gemv_qkv_rope(true, res, nw, w, b, inv_freq, pos, slots, num_blocks, in, nh, nkv, head_dim, bs, 1e-6f,
-                                n_tiles, warps, grid);
+                                n_tiles, warps, grid, mma, bn, split);
   auto unfused = api::gemv_qkv_rope(false, res, nw, w, b, inv_freq, pos, slots, num_blocks, in, nh, nkv, head_dim, bs,
-                                    1e-6f, n_tiles, warps, grid);
+                                    1e-6f, n_tiles, warps, grid, mma, bn, split);
 
   std::vector<float> normed(size_t(rows) * in), lin(size_t(rows) * width);
   cpu::rms_norm(res.data(), f32_view(nw, {in}), normed.data(), rows, in, 1e-6f);
@@ -510,6 +548,17 @@ TEST_F(CudaKernels, gemv_qkv_rope_epilogue_matches_cpu_and_unfused_path) {
       check_gemv_qkv_rope(rng_, pool_, rows, 64, 14, 2, true, n_tiles, 5, 3);
       check_gemv_qkv_rope(rng_, pool_, rows, 128, 8, 2, false, n_tiles, 16, 0);
     }
+}
+
+// The same on the tensor-core decode linear: its epilogue is the GEMV's (linear_epilogue.cuh), so
+// it too must match the f32 store + qkv_rope_cache_write bit for bit.
+TEST_F(CudaKernels, mma_linear_qkv_rope_epilogue_matches_cpu_and_unfused_path) {
+  for (int rows : {9, 24, 64}) {
+    check_gemv_qkv_rope(rng_, pool_, rows, 64, 14, 2, true, 0, 0, 0, true);
+    check_gemv_qkv_rope(rng_, pool_, rows, 128, 8, 2, rows % 2 == 1, 0, 0, 0, true);
+    check_gemv_qkv_rope(rng_, pool_, rows, 64, 14, 2, false, 0, 0, 0, true, 64, 1);
+    check_gemv_qkv_rope(rng_, pool_, rows, 128, 8, 2, true, 0, 0, 0, true, 128, 3);
+  }
 }
 
 TEST_F(CudaKernels, argmax_matches_reference_with_ties) {

@@ -19,6 +19,7 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/fault.cuh"
 #include "backend/cuda/gemv.cuh"
+#include "backend/cuda/mma_linear.cuh"
 #include "backend/cuda/kernel_profiler.h"
 #include "backend/cuda/qkv_rope.cuh"
 #include "backend/cuda/rms_norm.cuh"
@@ -241,6 +242,15 @@ class CudaBackend final : public Backend {
     if (!v) return hidden <= 1536 ? kGemvMaxRows : 4;
     int n = std::atoi(v->c_str());
     return n < 0 ? 0 : (n > kGemvMaxRows ? kGemvMaxRows : n);
+  }
+  // Decode steps above gemv_max_rows_ and at most this many rows take the same fused path on the
+  // tensor-core decode linears (mma_linear.cuh); MPSERVE_CUDA_MMA_LINEAR_MAX_ROWS (0 = cuBLASLt).
+  int mma_max_rows_ = mma_max_rows_from_env();
+  static int mma_max_rows_from_env() {
+    auto v = env::get(env::kCudaMmaLinearMaxRows);
+    if (!v) return kMmaLinearMaxRows;
+    int n = std::atoi(v->c_str());
+    return n < 0 ? 0 : (n > kMmaLinearMaxRows ? kMmaLinearMaxRows : n);
   }
   mutable KernelProfiler profiler_;
 };
@@ -465,13 +475,17 @@ Status CudaBackend::init() {
 // note: decode steps of at most kGemvMaxRows rows take the fused path: GEMVs that normalise the
 // residual in their prologue and add into it in their epilogue (no delta buffer, no separate
 // norm or SiLU kernels), and, for models without q/k norm, do bias, RoPE and the KV-cache write
-// in the qkv GEMV's epilogue: five launches per layer (six with q/k norm).
+// in the qkv GEMV's epilogue: five launches per layer (six with q/k norm). Decode steps of up to
+// kMmaLinearMaxRows rows take the same path on the tensor-core linears (mma_linear.cuh), whose
+// norm prologue is a separate add_rms_norm launch: seven launches per layer.
 void CudaBackend::forward(const StepShape& s) {
   const int h = static_cast<int>(c_.hidden_size), q = static_cast<int>(c_.q_dim()), k = static_cast<int>(c_.kv_dim());
   const int in = static_cast<int>(c_.intermediate_size), v = static_cast<int>(c_.vocab_size);
   const float eps = static_cast<float>(c_.rms_norm_eps);
   const StagingLayout& L = *layout_;
-  const bool fused = s.decode && s.tokens <= gemv_max_rows_;
+  // Fused decode path: the GEMV kernel up to gemv_max_rows_, the tensor-core linears above.
+  const bool use_mma = s.decode && s.tokens > gemv_max_rows_ && s.tokens <= mma_max_rows_;
+  const bool fused = (s.decode && s.tokens <= gemv_max_rows_) || use_mma;
   auto mark = [&](const char* name) {
     if (profiling_) profiler_.mark(stream_, name);
   };
@@ -487,7 +501,12 @@ void CudaBackend::forward(const StepShape& s) {
     g.rows = s.tokens;
     g.in = n_in;
     g.out = n_out;
-    gemv(g, im, om, stream_);
+    if (use_mma) {
+      g.x_norm = hnorm_;  // the normalized x (rows, n_in); n_in is the hidden size for every kRmsNorm call
+      mma_linear(g, im, om, stream_);
+    } else {
+      gemv(g, im, om, stream_);
+    }
   };
   embed_lookup(embed_, dev<int32_t>(L.tokens), residual_, s.tokens, h, v, stream_);
   mark("embed");

@@ -27,9 +27,43 @@
 
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/gemv.cuh"
+#include "backend/cuda/linear_epilogue.cuh"
 #include "backend/cuda/pdl.cuh"
 
 namespace mpserve::backend::cuda {
+
+int device_sms() {
+  static int sms = 0;  // one device per process (the backend's)
+  if (sms == 0) {
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  }
+  return sms;
+}
+
+// Blocks of `kernel` resident per SM at (threads, smem); raises the kernel's dynamic shared
+// memory limit first when needed. Cached: the decode path calls this on every launch.
+int resident_blocks(const void* kernel, int threads, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, size_t>, int> cache;
+  static std::map<const void*, size_t> smem_limit;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(kernel, threads, smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  size_t& limit = smem_limit[kernel];
+  if (limit == 0) limit = 48 << 10;  // the default dynamic limit
+  if (smem > limit) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    limit = smem;
+  }
+  int n = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
+  CUDA_SHAPE_CHECK(n > 0);  // the block does not fit on an SM
+  cache.emplace(key, n);
+  return n;
+}
+
 namespace {
 
 constexpr int kMaxWarps = 16;
@@ -57,37 +91,6 @@ __device__ __forceinline__ void mma_rows8(float (&d)[4], uint32_t a0, uint32_t a
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// kQkvRope epilogue of batch row r, projection columns (o, o + 1) (o even) holding s; the same
-// arithmetic as qkv_rope_kernel without q/k norm, so both give bit-identical q, k and v.
-__device__ __forceinline__ void qkv_rope_store(const QkvRopeArgs& p, int r, int o, float2 s) {
-  const int d = p.head_dim;
-  const int head = o / d, c = o - head * d;  // c even: in q and k, the pair (dim c/2, dim c/2 + D/2)
-  if (p.bias) {
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.bias + o));
-    s.x += b.x, s.y += b.y;
-  }
-  const bool is_q = head < p.n_heads, is_v = head >= p.n_heads + p.n_kv_heads;
-  __nv_bfloat16* dst;  // the head's D values for row r
-  if (is_q) {
-    dst = p.q_out + (static_cast<int64_t>(r) * p.n_heads + head) * d;
-  } else {
-    const int slot = p.slot_mapping[r];
-    if (slot < 0) return;  // padding row
-    const int kvh = is_v ? head - p.n_heads - p.n_kv_heads : head - p.n_heads;
-    const int64_t block = slot / p.block_size;
-    const int off = slot - static_cast<int>(block) * p.block_size;
-    dst = (is_v ? p.v_cache : p.k_cache) + ((block * p.n_kv_heads + kvh) * p.block_size + off) * d;
-  }
-  if (is_v) {
-    *reinterpret_cast<__nv_bfloat162*>(dst + c) = __floats2bfloat162_rn(s.x, s.y);
-    return;
-  }
-  const int i = c >> 1;
-  const float2 y = rope_rotate(s.x, s.y, p.positions[r], p.inv_freq[i]);
-  dst[i] = __float2bfloat16_rn(y.x);
-  dst[i + d / 2] = __float2bfloat16_rn(y.y);
 }
 
 template <GemvOut OUT>
@@ -264,62 +267,18 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
           const float2 v = rb[(w * NT + j) * 32 + l];
           s.x += v.x, s.y += v.y;
         }
-        [[maybe_unused]] const int64_t yo = static_cast<int64_t>(r) * out + o;
-        if constexpr (OUT == GemvOut::kF32) {
-          *reinterpret_cast<float2*>(static_cast<float*>(a.y) + yo) = s;
-        } else if constexpr (OUT == GemvOut::kBf16) {
-          *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(a.y) + yo) = __floats2bfloat162_rn(s.x, s.y);
-        } else if constexpr (OUT == GemvOut::kAddF32) {
-          float2* y = reinterpret_cast<float2*>(static_cast<float*>(a.y) + yo);
-          float2 v = *y;
-          v.x += s.x, v.y += s.y;
-          *y = v;
-        } else if constexpr (OUT == GemvOut::kQkvRope) {
-          qkv_rope_store(a.rope, r, o, s);
-        } else {
-          float2 up = rb[(j + NT / 2) * 32 + l];
+        float2 up = make_float2(0.f, 0.f);
+        if constexpr (kSwiGlu) {
+          up = rb[(j + NT / 2) * 32 + l];
           for (int w = 1; w < nw; ++w) {
             const float2 v = rb[(w * NT + j + NT / 2) * 32 + l];
             up.x += v.x, up.y += v.y;
           }
-          *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(a.y) + yo) =
-              __floats2bfloat162_rn(s.x / (1.f + expf(-s.x)) * up.x, s.y / (1.f + expf(-s.y)) * up.y);
         }
+        linear_store<OUT>(a, r, o, s, up);
       }
     }
   }
-}
-
-int device_sms() {
-  static int sms = 0;  // one device per process (the backend's)
-  if (sms == 0) {
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  }
-  return sms;
-}
-
-// Blocks of `kernel` resident per SM at (threads, smem); raises the kernel's dynamic shared
-// memory limit first when needed. Cached: the decode path calls this on every launch.
-int resident_blocks(const void* kernel, int threads, size_t smem) {
-  static std::mutex mu;
-  static std::map<std::tuple<const void*, int, size_t>, int> cache;
-  static std::map<const void*, size_t> smem_limit;
-  std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(kernel, threads, smem);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
-  size_t& limit = smem_limit[kernel];
-  if (limit == 0) limit = 48 << 10;  // the default dynamic limit
-  if (smem > limit) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    limit = smem;
-  }
-  int n = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
-  CUDA_SHAPE_CHECK(n > 0);  // the block does not fit on an SM
-  cache.emplace(key, n);
-  return n;
 }
 
 // The grid of plan `p` (grid 0: the tiles, capped at what stays resident at once).
@@ -391,8 +350,8 @@ GemvPlan gemv_plan(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int n_ti
   return p;
 }
 
-void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream, const GemvPlan* plan) {
-  CUDA_SHAPE_CHECK(a.rows >= 1 && a.rows <= kGemvMaxRows);
+void check_linear_args(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int max_rows) {
+  CUDA_SHAPE_CHECK(a.rows >= 1 && a.rows <= max_rows);
   CUDA_SHAPE_CHECK(a.in > 0 && a.in % 8 == 0 && a.out > 0 && a.out % 2 == 0);
   CUDA_SHAPE_CHECK(a.x && a.w && (a.y || out_mode == GemvOut::kQkvRope) && (in_mode != GemvIn::kRmsNorm || a.norm_w));
   if (out_mode == GemvOut::kQkvRope) {
@@ -404,6 +363,10 @@ void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stre
                      r.slot_mapping);
     CUDA_SHAPE_CHECK(!r.q_norm && !r.k_norm);  // a head-wide norm: GemvOut::kF32 + qkv_rope_cache_write
   }
+}
+
+void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream, const GemvPlan* plan) {
+  check_linear_args(a, in_mode, out_mode, kGemvMaxRows);
   GemvPlan p = plan ? *plan : gemv_plan(a, in_mode, out_mode);
   CUDA_SHAPE_CHECK(p.warps >= 1 && p.warps <= kMaxWarps);
   CUDA_SHAPE_CHECK(smem_bytes(in_mode, a.rows, a.in, p.warps, p.n_tiles) <= (220u << 10));

@@ -39,10 +39,11 @@ struct GemvArgs {
   float eps = 0.f;
   const __nv_bfloat16* w = nullptr;       // (out, in), or (2*out, in) for kSwiGlu
   void* y = nullptr;                      // see GemvOut
-  int rows = 0;                           // 1..kGemvMaxRows
+  int rows = 0;                           // 1..kGemvMaxRows (mma_linear: 1..kMmaLinearMaxRows)
   int in = 0;                             // multiple of 8
   int out = 0;                            // multiple of 2
   QkvRopeArgs rope;                       // kQkvRope only; rope.qkv unused (the GEMV's own output)
+  __nv_bfloat16* x_norm = nullptr;        // mma_linear with kRmsNorm only: bf16 (rows, in) scratch
 };
 
 // How one launch splits the work (gemv_plan picks it from the shape; the benchmark may force one).
@@ -61,5 +62,14 @@ GemvPlan gemv_plan(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int n_ti
 // plan: nullptr = gemv_plan's choice; a plan with grid 0 gets its grid computed.
 void gemv(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream,
           const GemvPlan* plan = nullptr);
+
+// Launch helpers shared by the decode-linear kernels (gemv.cu, mma_linear.cu).
+// The current device's SM count (cached: one device per process, the backend's).
+int device_sms();
+// Blocks of `kernel` resident per SM at (threads, smem); raises the kernel's dynamic shared
+// memory limit first when needed. Cached per (kernel, threads, smem).
+int resident_blocks(const void* kernel, int threads, size_t smem);
+// Checks a launch's arguments against the modes (CUDA_SHAPE_CHECK), rows against 1..max_rows.
+void check_linear_args(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int max_rows);
 
 }  // namespace mpserve::backend::cuda

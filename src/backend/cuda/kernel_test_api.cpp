@@ -11,6 +11,7 @@
 #include "backend/cuda/embedding.cuh"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.cuh"
+#include "backend/cuda/mma_linear.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/qkv_rope.cuh"
 #include "backend/cuda/rms_norm.cuh"
@@ -257,7 +258,7 @@ std::vector<float> decode_attention(const std::vector<float>& q, const std::vect
 
 std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::vector<float>& norm_w,
                         const std::vector<float>& w, const std::vector<float>& y_init, int rows, int in, int out,
-                        float eps, int n_tiles, int warps, int grid) {
+                        float eps, int n_tiles, int warps, int grid, bool mma, int bn, int split) {
   const bool norm = mode == GemvMode::kNormF32 || mode == GemvMode::kNormSwiGlu;
   std::unique_ptr<Dev<float>> x_f32(norm ? up_f32(x) : nullptr);
   std::unique_ptr<Dev<__nv_bfloat16>> x_bf16 = norm ? nullptr : up_bf16(x);
@@ -275,19 +276,30 @@ std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::v
   const GemvOut om = mode == GemvMode::kNormSwiGlu ? GemvOut::kSwiGlu
                      : mode == GemvMode::kAddF32   ? GemvOut::kAddF32
                                                    : GemvOut::kF32;
-  GemvPlan plan = gemv_plan(a, im, om, n_tiles, warps);
-  if (grid > 0) plan.grid = grid;
+  Dev<__nv_bfloat16> x_norm(mma && norm ? size_t(rows) * size_t(in) : 0);
+  x_norm.poison();
+  a.x_norm = x_norm.p;
+  auto run = [&] {
+    if (mma) {
+      const MmaLinearPlan plan = mma_linear_plan(a, om, bn, split);
+      cuda::mma_linear(a, im, om, 0, &plan);
+    } else {
+      GemvPlan plan = gemv_plan(a, im, om, n_tiles, warps);
+      if (grid > 0) plan.grid = grid;
+      cuda::gemv(a, im, om, 0, &plan);
+    }
+  };
   if (mode == GemvMode::kNormSwiGlu) {
     Dev<__nv_bfloat16> y(size_t(rows) * size_t(out));
     y.poison();
     a.y = y.p;
-    cuda::gemv(a, im, om, 0, &plan);
+    run();
     return down_bf16(y);
   }
   std::unique_ptr<Dev<float>> y(mode == GemvMode::kAddF32 ? up_f32(y_init) : new Dev<float>(size_t(rows) * size_t(out)));
   if (mode != GemvMode::kAddF32) y->poison();
   a.y = y->p;
-  cuda::gemv(a, im, om, 0, &plan);
+  run();
   return down_f32(*y);
 }
 
@@ -295,7 +307,8 @@ QkvRopeOut gemv_qkv_rope(bool fused, const std::vector<float>& residual, const s
                          const std::vector<float>& w, const std::vector<float>& bias,
                          const std::vector<float>& inv_freq, const std::vector<int32_t>& positions,
                          const std::vector<int32_t>& slots, int num_blocks, int in, int n_heads, int n_kv_heads,
-                         int head_dim, int block_size, float eps, int n_tiles, int warps, int grid) {
+                         int head_dim, int block_size, float eps, int n_tiles, int warps, int grid, bool mma,
+                         int bn, int split) {
   const int rows = static_cast<int>(positions.size());
   const int width = (n_heads + 2 * n_kv_heads) * head_dim, pairs = (n_heads + n_kv_heads) * head_dim;
   std::unique_ptr<Dev<float>> res(up_f32(residual));
@@ -315,9 +328,17 @@ QkvRopeOut gemv_qkv_rope(bool fused, const std::vector<float>& residual, const s
   const GemvOut om = fused ? GemvOut::kQkvRope : GemvOut::kF32;
   if (fused) a.rope = io.args;
   else a.y = qkv.p;
-  GemvPlan plan = gemv_plan(a, GemvIn::kRmsNorm, om, n_tiles, warps);
-  if (grid > 0) plan.grid = grid;
-  cuda::gemv(a, GemvIn::kRmsNorm, om, 0, &plan);
+  Dev<__nv_bfloat16> x_norm(mma ? size_t(rows) * size_t(in) : 0);
+  x_norm.poison();
+  a.x_norm = x_norm.p;
+  if (mma) {
+    const MmaLinearPlan plan = mma_linear_plan(a, om, bn, split);
+    cuda::mma_linear(a, GemvIn::kRmsNorm, om, 0, &plan);
+  } else {
+    GemvPlan plan = gemv_plan(a, GemvIn::kRmsNorm, om, n_tiles, warps);
+    if (grid > 0) plan.grid = grid;
+    cuda::gemv(a, GemvIn::kRmsNorm, om, 0, &plan);
+  }
   if (!fused) {
     io.args.qkv = qkv.p;
     qkv_rope_cache_write(io.args, 0);
@@ -327,7 +348,7 @@ QkvRopeOut gemv_qkv_rope(bool fused, const std::vector<float>& residual, const s
 
 std::vector<float> gemv_chain(const std::vector<float>& x, const std::vector<float>& w_o, std::vector<float>& residual,
                               const std::vector<float>& norm_w, const std::vector<float>& w_q, int rows, int q, int h,
-                              int out, int steps, float eps) {
+                              int out, int steps, float eps, bool mma) {
   auto dx = up_bf16(x);
   auto dwo = up_bf16(w_o);
   auto dnw = up_bf16(norm_w);
@@ -341,9 +362,16 @@ std::vector<float> gemv_chain(const std::vector<float>& x, const std::vector<flo
   o.x = dx->p, o.w = dwo->p, o.y = res->p, o.rows = rows, o.in = q, o.out = h;
   GemvArgs n;
   n.x = res->p, n.norm_w = dnw->p, n.eps = eps, n.w = dwq->p, n.y = y.p, n.rows = rows, n.in = h, n.out = out;
+  Dev<__nv_bfloat16> x_norm(size_t(rows) * size_t(h));
+  n.x_norm = x_norm.p;
   for (int i = 0; i < steps; ++i) {
-    cuda::gemv(o, GemvIn::kBf16, GemvOut::kAddF32, s);
-    cuda::gemv(n, GemvIn::kRmsNorm, GemvOut::kF32, s);
+    if (mma) {
+      cuda::mma_linear(o, GemvIn::kBf16, GemvOut::kAddF32, s);
+      cuda::mma_linear(n, GemvIn::kRmsNorm, GemvOut::kF32, s);
+    } else {
+      cuda::gemv(o, GemvIn::kBf16, GemvOut::kAddF32, s);
+      cuda::gemv(n, GemvIn::kRmsNorm, GemvOut::kF32, s);
+    }
   }
   CUDA_CHECK(cudaStreamSynchronize(s));
   CUDA_CHECK(cudaStreamDestroy(s));
@@ -411,7 +439,7 @@ void fill(Dev<T>& d, int byte) {
 }  // namespace
 
 GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int repeats, int n_tiles, int warps,
-                     int grid) {
+                     int grid, bool mma, int bn, int split) {
   const bool norm = mode == GemvMode::kNormF32 || mode == GemvMode::kNormSwiGlu;
   const bool swiglu = mode == GemvMode::kNormSwiGlu;
   const size_t w_elems = size_t(swiglu ? 2 * out : out) * size_t(in);
@@ -423,6 +451,7 @@ GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int 
   fill(w, 0x3A);
   Dev<float> x_f32(size_t(rows) * in), y_f32(size_t(rows) * (swiglu ? 2 * out : out));
   Dev<__nv_bfloat16> x_bf16(size_t(rows) * in), y_bf16(size_t(rows) * (swiglu ? 2 * out : out)), nw(in);
+  Dev<__nv_bfloat16> x_norm(size_t(rows) * in);
   fill(x_f32, 0x3A);
   fill(x_bf16, 0x3A);
   fill(nw, 0x3F);
@@ -440,8 +469,14 @@ GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int 
   a.out = out;
   const GemvIn im = norm ? GemvIn::kRmsNorm : GemvIn::kBf16;
   const GemvOut om = swiglu ? GemvOut::kSwiGlu : mode == GemvMode::kAddF32 ? GemvOut::kAddF32 : GemvOut::kF32;
+  a.x_norm = x_norm.p;
   GemvPlan plan;
-  if (!cublas) {
+  MmaLinearPlan mplan;
+  if (mma && !cublas) {
+    a.w = w.p;
+    mplan = mma_linear_plan(a, om, bn, split);
+    b.bn = mplan.bn, b.split = mplan.split, b.grid = mplan.grid;
+  } else if (!cublas) {
     a.w = w.p;
     plan = gemv_plan(a, im, om, n_tiles, warps);
     if (grid > 0) plan.grid = grid;
@@ -453,6 +488,9 @@ GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int 
       if (cublas) {
         gemm->linear(x_bf16.p, wi, swiglu ? static_cast<void*>(y_bf16.p) : static_cast<void*>(y_f32.p), !swiglu, rows,
                      in, swiglu ? 2 * out : out, s);
+      } else if (mma) {
+        a.w = wi;
+        cuda::mma_linear(a, im, om, s, &mplan);
       } else {
         a.w = wi;
         cuda::gemv(a, im, om, s, &plan);
@@ -464,14 +502,14 @@ GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int 
 }
 
 GemvBench layer_chain_bench(bool fused, int rows, int hidden, int q_dim, int kv_dim, int inter, int layers,
-                            int repeats) {
+                            int repeats, bool mma) {
   const int h = hidden, qkv = q_dim + 2 * kv_dim;
   const size_t n_qkv = size_t(qkv) * h, n_o = size_t(h) * q_dim, n_gu = size_t(2 * inter) * h,
                n_down = size_t(h) * inter;
   GemvBench b;
   b.weight_bytes = double(n_qkv + n_o + n_gu + n_down) * 2;
   b.copies = layers;
-  b.launches = layers * (fused ? 4 : 7);
+  b.launches = layers * (fused ? (mma ? 6 : 4) : 7);
   // Per layer: weights (L, ...) and norm weights (L, h).
   Dev<__nv_bfloat16> w_qkv(n_qkv * layers), w_o(n_o * layers), w_gu(n_gu * layers), w_down(n_down * layers);
   Dev<__nv_bfloat16> norm1(size_t(h) * layers), norm2(size_t(h) * layers);
@@ -499,8 +537,12 @@ GemvBench layer_chain_bench(bool fused, int rows, int hidden, int q_dim, int kv_
         g.eps = eps;
         auto call = [&](const void* x, const __nv_bfloat16* nw, const __nv_bfloat16* w, void* y, int in, int out,
                         GemvIn im, GemvOut om) {
-          g.x = x, g.norm_w = nw, g.w = w, g.y = y, g.in = in, g.out = out;
-          cuda::gemv(g, im, om, s);
+          g.x = x, g.norm_w = nw, g.w = w, g.y = y, g.in = in, g.out = out, g.x_norm = hnorm.p;
+          if (mma) {
+            cuda::mma_linear(g, im, om, s);
+          } else {
+            cuda::gemv(g, im, om, s);
+          }
         };
         call(residual.p, n1, wq, qkv_out.p, h, qkv, GemvIn::kRmsNorm, GemvOut::kF32);
         call(attn.p, nullptr, wo, residual.p, q_dim, h, GemvIn::kBf16, GemvOut::kAddF32);

@@ -59,35 +59,41 @@ std::vector<float> decode_attention(const std::vector<float>& q, const std::vect
 // (rows, in) for kRmsNorm; y_init: the f32 residual (rows, out) for the kAddF32 epilogue, else
 // ignored. Returns y as f32 (rows, out). n_tiles / warps / grid > 0 force the launch's plan (so a
 // test reaches every tile height and blocks that loop over several tiles).
+// mma: the tensor-core decode linear (mma_linear.cuh, rows 1..64) instead of the GEMV; bn / split
+// > 0 force its plan (n_tiles / warps / grid are then unused).
 enum class GemvMode { kNormF32, kNormSwiGlu, kAddF32, kF32 };
 std::vector<float> gemv(GemvMode mode, const std::vector<float>& x, const std::vector<float>& norm_w,
                         const std::vector<float>& w, const std::vector<float>& y_init, int rows, int in, int out,
-                        float eps, int n_tiles = 0, int warps = 0, int grid = 0);
+                        float eps, int n_tiles = 0, int warps = 0, int grid = 0, bool mma = false, int bn = 0,
+                        int split = 0);
 
 // The RMSNorm + qkv GEMV, then bias, RoPE and the paged-cache write: fused, one launch with the
 // kQkvRope epilogue; else the GEMV's f32 store and qkv_rope_cache_write (the path of models with
 // q/k norm). residual (rows, in) f32, norm_w (in); w (Q + 2K, in) and bias (Q + 2K, or empty) in
 // natural order (the call puts q and k in the RoPE pair layout, as the uploader does); positions
 // and slots (rows). q (rows, Q) and both caches (num_blocks, n_kv_heads, block_size, D) are
-// poisoned first. n_tiles / warps / grid > 0 force the GEMV's plan.
+// poisoned first. n_tiles / warps / grid > 0 force the GEMV's plan; mma, bn, split as in gemv().
 QkvRopeOut gemv_qkv_rope(bool fused, const std::vector<float>& residual, const std::vector<float>& norm_w,
                          const std::vector<float>& w, const std::vector<float>& bias,
                          const std::vector<float>& inv_freq, const std::vector<int32_t>& positions,
                          const std::vector<int32_t>& slots, int num_blocks, int in, int n_heads, int n_kv_heads,
-                         int head_dim, int block_size, float eps, int n_tiles = 0, int warps = 0, int grid = 0);
+                         int head_dim, int block_size, float eps, int n_tiles = 0, int warps = 0, int grid = 0,
+                         bool mma = false, int bn = 0, int split = 0);
 
 // PDL ordering through the residual: `steps` times residual += x . w_o^T (kBf16 -> kAddF32), then
 // y = rmsnorm(residual) . w_q^T (kRmsNorm -> kF32), back to back on one stream (each launch
 // reads what the one before wrote, or writes what it read). residual: (rows, h) in, updated;
 // returns y (rows, out) of the last step.
+// mma: both linears on the tensor-core decode linear (rows up to 64).
 std::vector<float> gemv_chain(const std::vector<float>& x, const std::vector<float>& w_o, std::vector<float>& residual,
                               const std::vector<float>& norm_w, const std::vector<float>& w_q, int rows, int q, int h,
-                              int out, int steps, float eps);
+                              int out, int steps, float eps, bool mma = false);
 
 struct GemvBench {
   double us_median = 0, us_min = 0, us_max = 0;  // per launch (per layer for layer_chain_bench)
   double weight_bytes = 0;                        // weight bytes one launch (layer) reads
   int n_tiles = 0, warps = 0, grid = 0;           // the GEMV's plan (0 for cuBLASLt)
+  int bn = 0, split = 0;                          // the tensor-core linear's plan (mma)
   int copies = 0;                                 // weight copies the launches rotate through
   int launches = 0;                               // launches per graph replay
 };
@@ -97,16 +103,18 @@ struct GemvBench {
 // bf16 y of 2*out rows for kNormSwiGlu) without the norm / SiLU / add kernels the GEMV fuses.
 // A CUDA graph of launches rotating over weight copies (>= 256 MiB in all: no copy stays in L2),
 // replayed `repeats` times after a warm-up; median, min and max of the time per launch.
-// grid > 0 forces the number of blocks.
+// grid > 0 forces the number of blocks. mma: the tensor-core decode linear instead (bn / split
+// > 0 force its plan; kRmsNorm modes include its add_rms_norm launch).
 GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int repeats, int n_tiles = 0,
-                     int warps = 0, int grid = 0);
+                     int warps = 0, int grid = 0, bool mma = false, int bn = 0, int split = 0);
 
 // `layers` decoder layers without attention, captured in one CUDA graph, each with its own
 // weights: fused (RMSNorm+qkv GEMV, o GEMV+add, RMSNorm+gate_up+SwiGLU GEMV, down GEMV+add: 4
 // launches) or cuBLASLt (add_rms_norm, qkv, o, add_rms_norm, gate_up, silu_mul, down: 7 launches).
-// Median (min, max) time per layer over `repeats` replays.
+// Median (min, max) time per layer over `repeats` replays. mma (with fused): the four linears on
+// the tensor-core decode linears (mma_linear.cuh; 6 launches with the two norms).
 GemvBench layer_chain_bench(bool fused, int rows, int hidden, int q_dim, int kv_dim, int inter, int layers,
-                            int repeats);
+                            int repeats, bool mma = false);
 
 // Whether launches use programmatic dependent launch (MPSERVE_CUDA_PDL, read once per process).
 bool pdl_enabled();

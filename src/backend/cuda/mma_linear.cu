@@ -2,15 +2,17 @@
 // BN/2 up rows, so a tile holds both halves of its outputs) and all (<= 64) batch rows. The
 // `split` blocks of a tile are one cluster; block `rank` takes an equal run of the 64-wide steps
 // along `in`. A step stages x (rows padded to 16 x 64, zero past `rows`) and W (BN x 64) in shared
-// memory with cp.async, kStages deep; 4 warps each own BN/4 columns and all rows: per 16-wide k,
-// MT ldmatrix.x4 of x (the MMA's A, batch rows as M) and BN/64 ldmatrix.x4 of W (B, weight rows
-// as N), then MT * BN/32 mma.sync m16n8k16. Shared rows are 128 bytes with the 16-byte chunk c of
+// memory with cp.async, kStages deep; 8 warps: each owns BN/4 columns, all rows and every other
+// 16-wide k of a step (two warp groups, added before the cluster reduction): per 16-wide k, MT
+// ldmatrix.x4 of x (the MMA's A, batch rows as M) and BN/64 ldmatrix.x4 of W (B, weight rows as
+// N), then MT * BN/32 mma.sync m16n8k16. Shared rows are 128 bytes with the 16-byte chunk c of
 // row r stored at chunk c ^ (r % 8), so the 8 row addresses of every ldmatrix phase hit distinct
 // banks.
 //
 // After the last step each block writes its partial tile (f32) to its own shared memory; after a
-// cluster barrier, block `rank` reduces its share of the tile's (row, column pair) items by
-// reading the peers' tiles in rank order (distributed shared memory) and runs the epilogue
+// cluster barrier, block `rank` reduces its share of the tile's (row, 4 columns) items by
+// loading the peers' partials (distributed shared memory; all loads of an item in flight at
+// once) and adding them in rank order, and runs the epilogue
 // (linear_epilogue.cuh) on them; a second barrier keeps every block's shared memory alive until
 // its peers have read it.
 //
@@ -34,7 +36,7 @@ namespace cg = cooperative_groups;
 
 constexpr int kBK = 64;  // `in` per step: one 128-byte shared row
 constexpr int kStages = 4;
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;  // 8 warps: 4 column quarters x 2 halves of each 32-wide k
 constexpr int kMaxSplit = 8;  // the portable cluster size
 
 template <int MT, int BN>
@@ -62,9 +64,11 @@ __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int sp
   constexpr int kXBytes = kXRows * 128;
   constexpr int kWarpN = BN / 4;  // columns per warp
   constexpr int kN8 = kWarpN / 8;
+  constexpr int kLoadRows = kThreads / 8;  // rows one pass of 16-byte copies covers
   extern __shared__ __align__(128) unsigned char smem[];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp & 3, kg = warp >> 2;  // column quarter, half of each step's 16-wide k
   const int g = lane >> 2, t = lane & 3;
   const int rank = static_cast<int>(blockIdx.x) % split, tile = static_cast<int>(blockIdx.x) / split;
   const int rows = a.rows, in = a.in, out = a.out;
@@ -72,12 +76,12 @@ __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int sp
   const int steps = CEIL_DIV(in, kBK);
   const int s0 = rank * steps / split, n_steps = (rank + 1) * steps / split - s0;
 
-  // This thread's copies per stage: chunk column c of W rows lr + 16 j and x rows lr + 16 j.
+  // This thread's copies per stage: chunk column c of W rows lr + kLoadRows j and of x rows likewise.
   const int c = tid & 7, lr = tid >> 3;
-  const __nv_bfloat16* wrow[BN / 16];
+  const __nv_bfloat16* wrow[BN / kLoadRows];
 #pragma unroll
-  for (int j = 0; j < BN / 16; ++j) {
-    const int n = lr + 16 * j;
+  for (int j = 0; j < BN / kLoadRows; ++j) {
+    const int n = lr + kLoadRows * j;
     int r;
     if constexpr (kSwiGlu) {
       const int o = min(tile * (BN / 2) + n % (BN / 2), out - 1);  // past `out`: computed, dropped
@@ -93,14 +97,15 @@ __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int sp
     const int kc = step * (kBK / 8) + c;
     const bool ok = kc < chunks;
 #pragma unroll
-    for (int j = 0; j < BN / 16; ++j) cp_async16(ws + swz(lr + 16 * j, c), wrow[j] + 8 * kc, ok);
+    for (int j = 0; j < BN / kLoadRows; ++j) cp_async16(ws + swz(lr + kLoadRows * j, c), wrow[j] + 8 * kc, ok);
   };
   auto load_x = [&](int slot, int step) {
     unsigned char* xs = smem + slot * stage_bytes<MT, BN>();
     const int kc = step * (kBK / 8) + c;
 #pragma unroll
-    for (int j = 0; j < MT; ++j) {
-      const int m = lr + 16 * j;
+    for (int j = 0; j < CEIL_DIV(kXRows, kLoadRows); ++j) {
+      const int m = lr + kLoadRows * j;
+      if (m >= kXRows) break;
       const bool ok = m < rows && kc < chunks;
       cp_async16(xs + swz(m, c), ok ? x + static_cast<int64_t>(m) * in + 8 * kc : x, ok);
     }
@@ -135,14 +140,15 @@ __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int sp
     const unsigned char* xs = smem + (i % kStages) * stage_bytes<MT, BN>();
     const unsigned char* ws = xs + kXBytes;
 #pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) {
+    for (int h = 0; h < kBK / 32; ++h) {
+      const int kk = 2 * h + kg;  // the two warp groups take alternate 16-wide k
       uint32_t af[MT][4];
 #pragma unroll
       for (int m = 0; m < MT; ++m) ldmatrix_x4(af[m], xs + swz(m * 16 + (lane & 15), 2 * kk + (lane >> 4)));
 #pragma unroll
       for (int j = 0; j < kN8 / 2; ++j) {
         uint32_t bf[4];
-        const int n = warp * kWarpN + j * 16 + (lane & 7) + ((lane >> 4) << 3);
+        const int n = wn * kWarpN + j * 16 + (lane & 7) + ((lane >> 4) << 3);
         ldmatrix_x4(bf, ws + swz(n, 2 * kk + ((lane >> 3) & 1)));
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
@@ -155,37 +161,62 @@ __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int sp
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with the stages: they become the partial tile
 
+  // The block's partial tile: warp group 0 stores, group 1 adds (the same elements, same lanes).
   float* red = reinterpret_cast<float*>(smem);
   constexpr int kStride = red_stride<BN>();
+  for (int pass = 0; pass < 2; ++pass) {
+    if (kg == pass) {
 #pragma unroll
-  for (int m = 0; m < MT; ++m)
+      for (int m = 0; m < MT; ++m)
 #pragma unroll
-    for (int j = 0; j < kN8; ++j) {
-      const int col = warp * kWarpN + j * 8 + 2 * t, r = m * 16 + g;
-      *reinterpret_cast<float2*>(red + r * kStride + col) = make_float2(acc[m][j][0], acc[m][j][1]);
-      *reinterpret_cast<float2*>(red + (r + 8) * kStride + col) = make_float2(acc[m][j][2], acc[m][j][3]);
+        for (int j = 0; j < kN8; ++j) {
+          const int col = wn * kWarpN + j * 8 + 2 * t, r = m * 16 + g;
+          float2* p0 = reinterpret_cast<float2*>(red + r * kStride + col);
+          float2* p1 = reinterpret_cast<float2*>(red + (r + 8) * kStride + col);
+          if (pass == 0) {
+            *p0 = make_float2(acc[m][j][0], acc[m][j][1]);
+            *p1 = make_float2(acc[m][j][2], acc[m][j][3]);
+          } else {
+            const float2 v0 = *p0, v1 = *p1;
+            *p0 = make_float2(v0.x + acc[m][j][0], v0.y + acc[m][j][1]);
+            *p1 = make_float2(v1.x + acc[m][j][2], v1.y + acc[m][j][3]);
+          }
+        }
     }
+    if (pass == 0) __syncthreads();
+  }
   if (split > 1) {
     cg::this_cluster().sync();  // release / acquire at cluster scope: the peers' tiles are visible
   } else {
     __syncthreads();
   }
-  constexpr int kPairs = kSwiGlu ? BN / 4 : BN / 2;  // output pairs per batch row of the tile
+  // Items of 4 consecutive columns (kSwiGlu: 4 gate columns and their up columns); each thread
+  // issues the loads of every rank's partial before it adds them, in rank order.
+  const float* part[kMaxSplit];
+#pragma unroll
+  for (int q = 0; q < kMaxSplit; ++q)
+    part[q] = split > 1 && q < split ? cg::this_cluster().map_shared_rank(red, q) : red;
+  constexpr int kQuads = kSwiGlu ? BN / 8 : BN / 4;
   const int o0 = tile * (kSwiGlu ? BN / 2 : BN);
-  for (int e = rank * kThreads + tid; e < rows * kPairs; e += split * kThreads) {
-    const int r = e / kPairs, col = 2 * (e - r * kPairs), o = o0 + col;
-    if (o >= out) continue;  // out is even: o + 1 < out too
-    float2 s = make_float2(0.f, 0.f), up = make_float2(0.f, 0.f);
-    for (int q = 0; q < split; ++q) {
-      const float* rq = split > 1 ? cg::this_cluster().map_shared_rank(red, q) : red;
-      const float2 v = *reinterpret_cast<const float2*>(rq + r * kStride + col);
-      s.x += v.x, s.y += v.y;
-      if constexpr (kSwiGlu) {
-        const float2 u = *reinterpret_cast<const float2*>(rq + r * kStride + BN / 2 + col);
-        up.x += u.x, up.y += u.y;
-      }
-    }
-    linear_store<OUT>(a, r, o, s, up);
+  auto gather = [&](int off) {
+    float4 v[kMaxSplit];
+#pragma unroll
+    for (int q = 0; q < kMaxSplit; ++q)
+      if (q < split) v[q] = *reinterpret_cast<const float4*>(part[q] + off);
+    float4 s = v[0];
+#pragma unroll
+    for (int q = 1; q < kMaxSplit; ++q)
+      if (q < split) s.x += v[q].x, s.y += v[q].y, s.z += v[q].z, s.w += v[q].w;
+    return s;
+  };
+  for (int e = rank * kThreads + tid; e < rows * kQuads; e += split * kThreads) {
+    const int r = e / kQuads, col = 4 * (e - r * kQuads), o = o0 + col;
+    if (o >= out) continue;
+    const float4 s = gather(r * kStride + col);
+    float4 up = make_float4(0.f, 0.f, 0.f, 0.f);
+    if constexpr (kSwiGlu) up = gather(r * kStride + BN / 2 + col);
+    linear_store<OUT>(a, r, o, make_float2(s.x, s.y), make_float2(up.x, up.y));
+    if (o + 2 < out) linear_store<OUT>(a, r, o + 2, make_float2(s.z, s.w), make_float2(up.z, up.w));
   }
   if (split > 1) cg::this_cluster().sync();  // no block leaves while a peer may still read its tile
 }

@@ -17,7 +17,8 @@ inline constexpr const char* kTokenizerDir = "MPSERVE_TOKENIZER_DIR";
 // CUDA backend: decode steps of at most this many rows use the fused GEMV path (0 = cuBLASLt only).
 inline constexpr const char* kCudaGemvMaxRows = "MPSERVE_CUDA_GEMV_MAX_ROWS";
 // CUDA backend: decode steps above the GEMV's rows and at most this many use the tensor-core
-// decode linears (mma_linear.cuh; 0 = cuBLASLt there, at most 64); default 64.
+// decode linears (mma_linear.cuh; 0 = cuBLASLt there, at most 64); default by model size
+// (cuda_backend.cpp: 16 up to hidden 1536, 32 at 2048, 0 above).
 inline constexpr const char* kCudaMmaLinearMaxRows = "MPSERVE_CUDA_MMA_LINEAR_MAX_ROWS";
 // CUDA backend: 0 launches every kernel without programmatic dependent launch (A/B runs); default on.
 inline constexpr const char* kCudaPdl = "MPSERVE_CUDA_PDL";

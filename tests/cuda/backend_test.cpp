@@ -6,10 +6,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <string>
 
 #include "backend/backend.h"
 #include "backend/cuda/kernel_test_api.h"
+#include "common/env.h"
 #include "cuda/cuda_test_util.h"
 
 namespace mpserve {
@@ -152,13 +155,18 @@ class CudaBackendTest : public ::testing::Test {
 };
 
 // Prefill, then chunked prefill of the same prompt, then a batch mixing prefill and decode, then
-// 32 decode steps of a batch of 3: logits of both backends agree at every step.
-void compare_backends(const TestModel& m, backend::Ablation ab) {
-  auto cpu = make(m, options(backend::Device::kCpu, true, ab));
-  auto gpu = make(m, options(backend::Device::kCuda, true, ab));
+// 32 decode steps of a batch of 3 (plus `extra` sequences of 5-token prompts that join the mixed
+// batch): logits of both backends agree at every step.
+void compare_backends(const TestModel& m, backend::Ablation ab, int extra = 0) {
+  backend::BackendOptions oc = options(backend::Device::kCpu, true, ab), og = options(backend::Device::kCuda, true, ab);
+  oc.max_num_seqs = og.max_num_seqs = std::max(oc.max_num_seqs, 3 + extra);
+  auto cpu = make(m, oc);
+  auto gpu = make(m, og);
   ASSERT_TRUE(cpu && gpu);
   std::mt19937 rng(7);
   std::vector<Seq> seqs = {make_seq(0, 70, rng), make_seq(1, 70, rng), make_seq(2, 5, rng)};
+  for (int i = 0; i < extra; ++i) seqs.push_back(make_seq(3 + i, 5, rng));
+  const int n_seqs = 3 + extra;
   seqs[1].tokens = seqs[0].tokens;  // same prompt, run in chunks
   auto run = [&](const Batch& b, const char* what, int step) {
     StepOutput oc, og;
@@ -185,12 +193,12 @@ void compare_backends(const TestModel& m, backend::Ablation ab) {
   seqs[1].tokens.push_back(whole.tokens[0]);
   for (int step = 0; step < 33; ++step) {
     Batch b;
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < n_seqs; ++i) {
       const int n = int(seqs[size_t(i)].tokens.size()) - seqs[size_t(i)].cached;
       b.entries.push_back(entry(seqs[size_t(i)], n, i));
     }
     const StepOutput oc = run(b, step == 0 ? "mixed prefill+decode" : "decode", step);
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < n_seqs; ++i) {
       seqs[size_t(i)].cached = int32_t(seqs[size_t(i)].tokens.size());
       seqs[size_t(i)].tokens.push_back(oc.tokens[size_t(i)]);
     }
@@ -205,6 +213,25 @@ TEST_F(CudaBackendTest, qwen2_logits_match_cpu_prefill_chunked_batched_decode) {
 TEST_F(CudaBackendTest, qwen3_tied_head_dim_128_logits_match_cpu) {
   auto m = make_model(model::Arch::kQwen3, 128, true, 2);
   compare_backends(*m, backend::Ablation::kNone);
+}
+
+// Decode batches of 12 and 40 rows: the fused path on the tensor-core linears (mma_linear.cuh),
+// forced up to 64 rows, with the bias + RoPE epilogue (Qwen2) and with the f32 store + qkv_rope
+// kernel (Qwen3's q/k norm).
+TEST_F(CudaBackendTest, decode_on_the_tensor_core_linears_matches_cpu) {
+  const char* var = env::kCudaMmaLinearMaxRows;
+  const char* old = std::getenv(var);
+  const std::string saved = old ? old : "";
+  ::setenv(var, "64", 1);
+  auto q2 = make_model(model::Arch::kQwen2, 64, false, 11);
+  auto q3 = make_model(model::Arch::kQwen3, 128, true, 12);
+  for (int extra : {9, 37}) {
+    SCOPED_TRACE("decode rows " + std::to_string(3 + extra));
+    compare_backends(*q2, backend::Ablation::kNone, extra);
+    compare_backends(*q3, backend::Ablation::kNone, extra);
+  }
+  if (old) ::setenv(var, saved.c_str(), 1);
+  else ::unsetenv(var);
 }
 
 TEST_F(CudaBackendTest, ablations_match_cpu) {

@@ -245,10 +245,16 @@ class CudaBackend final : public Backend {
   }
   // Decode steps above gemv_max_rows_ and at most this many rows take the same fused path on the
   // tensor-core decode linears (mma_linear.cuh); MPSERVE_CUDA_MMA_LINEAR_MAX_ROWS (0 = cuBLASLt).
-  int mma_max_rows_ = mma_max_rows_from_env();
-  static int mma_max_rows_from_env() {
+  // note: measured on an H200 (docs/results/cuda_backend.md, seventh session; bench offline steps
+  // at context 128 against cuBLASLt + norm/SiLU/RoPE kernels): 0.5B -12% at 12 and 16 rows, +4%
+  // at 24 and 32, +25% at 64; 1.5B -13% at 12, -2% at 24; 3B -14% at 8 and 12, -5% at 24 and 32,
+  // +24% at 64; 7B +1% at 8 and 12, +7% at 24. Above 16-32 rows its 64-row tiles lose to
+  // cuBLASLt (MMA issue, not bandwidth: 3B gate/up 27 us at 16 rows, 37 at 64). So: 16 rows up
+  // to hidden 1536, 32 at 2048, none above.
+  int mma_max_rows_ = mma_max_rows_from_env(c_.hidden_size);
+  static int mma_max_rows_from_env(int64_t hidden) {
     auto v = env::get(env::kCudaMmaLinearMaxRows);
-    if (!v) return kMmaLinearMaxRows;
+    if (!v) return hidden <= 1536 ? 16 : hidden <= 2048 ? 32 : 0;
     int n = std::atoi(v->c_str());
     return n < 0 ? 0 : (n > kMmaLinearMaxRows ? kMmaLinearMaxRows : n);
   }

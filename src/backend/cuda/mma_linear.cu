@@ -35,8 +35,10 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kBK = 64;  // `in` per step: one 128-byte shared row
-constexpr int kStages = 4;
-constexpr int kThreads = 256;  // 8 warps: 4 column quarters x 2 halves of each 32-wide k
+constexpr int kThreads = 256;
+// note: 4 stages, two blocks per SM at 64 rows. Measured on an H200 (docs/results/cuda_backend.md,
+// seventh session): 2, 3 and 8 stages were slower or equal in steps at 32 and 64 rows.
+constexpr int kStages = 4;  // 8 warps: 4 column quarters x 2 halves of each 32-wide k
 constexpr int kMaxSplit = 8;  // the portable cluster size
 
 template <int MT, int BN>
@@ -51,8 +53,6 @@ template <int MT, int BN>
 constexpr size_t smem_bytes() {
   return size_t(kStages) * stage_bytes<MT, BN>();
 }
-static_assert(size_t(4 * 16) * red_stride<128>() * 4 <= smem_bytes<4, 128>());
-static_assert(size_t(16) * red_stride<64>() * 4 <= smem_bytes<1, 64>());
 
 // Byte offset of 16-byte chunk c of shared row r (swizzled).
 __device__ __forceinline__ int swz(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
@@ -228,6 +228,7 @@ int tiles_for(const GemvArgs& a, int bn) {
 
 template <int MT, int BN, GemvOut OUT>
 void launch(const GemvArgs& a, const MmaLinearPlan& p, cudaStream_t stream) {
+  static_assert(size_t(MT * 16) * red_stride<BN>() * 4 <= smem_bytes<MT, BN>(), "partial tile fits the stages");
   auto* kernel = mma_linear_kernel<MT, BN, OUT>;
   const size_t smem = smem_bytes<MT, BN>();
   resident_blocks(reinterpret_cast<const void*>(kernel), kThreads, smem);  // raises the smem limit once

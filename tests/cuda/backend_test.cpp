@@ -160,6 +160,8 @@ class CudaBackendTest : public ::testing::Test {
 void compare_backends(const TestModel& m, backend::Ablation ab, int extra = 0) {
   backend::BackendOptions oc = options(backend::Device::kCpu, true, ab), og = options(backend::Device::kCuda, true, ab);
   oc.max_num_seqs = og.max_num_seqs = std::max(oc.max_num_seqs, 3 + extra);
+  // Sequence i's blocks are [32 i, 32 i + 32): the CPU cache needs 32 (3 + extra) of them.
+  if (extra > 0) oc.cpu_kv_cache_bytes = int64_t{256} << 20;
   auto cpu = make(m, oc);
   auto gpu = make(m, og);
   ASSERT_TRUE(cpu && gpu);

@@ -73,12 +73,12 @@ TEST_F(GemvBench, DISABLED_linears_vs_cublaslt) {
   }
 }
 
-// The tensor-core decode linear (mma_linear.cuh) against cuBLASLt at 16..64 rows, the launcher's
+// The tensor-core decode linear (mma_linear.cuh) against cuBLASLt at 1..64 rows, the launcher's
 // plan and, for retuning mma_linear_plan, every tile width with splits 1, 2, 4, 8. The norm
 // modes include the mma path's add_rms_norm launch; cuBLASLt's rows leave out its norm / SiLU /
 // add kernels.
 TEST_F(GemvBench, DISABLED_mma_linears_vs_cublaslt) {
-  constexpr int kMmaRepeats = 15;  // 240 measurements: keep the run within a few minutes
+  constexpr int kMmaRepeats = 15;  // 360 measurements: keep the run within a few minutes
   for (const ModelShape& m : kShapes) {
     struct Linear {
       const char* name;
@@ -94,7 +94,7 @@ TEST_F(GemvBench, DISABLED_mma_linears_vs_cublaslt) {
     };
     for (const Linear& l : linears) {
       const std::string shape = std::string(m.name) + "_" + l.name;
-      for (int rows : {16, 64}) {
+      for (int rows : {1, 8, 16, 32, 64}) {
         print("mma", shape, rows, api::gemv_bench(l.mode, false, rows, l.in, l.out, kMmaRepeats, 0, 0, 0, true));
         print("cublaslt", shape, rows, api::gemv_bench(l.mode, true, rows, l.in, l.out, kMmaRepeats));
         if (rows != 64) continue;

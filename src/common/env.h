@@ -20,6 +20,9 @@ inline constexpr const char* kCudaGemvMaxRows = "MPSERVE_CUDA_GEMV_MAX_ROWS";
 // decode linears (mma_linear.cuh; 0 = cuBLASLt there, at most 64); default by model size
 // (cuda_backend.cpp: 16 up to hidden 1536, 32 at 2048, 0 above).
 inline constexpr const char* kCudaMmaLinearMaxRows = "MPSERVE_CUDA_MMA_LINEAR_MAX_ROWS";
+// CUDA backend: decode linears that take the tensor-core kernel also at the GEMV's row counts, a
+// comma list of gate_up, lm_head (cuda_backend.cpp has the default).
+inline constexpr const char* kCudaMmaSmall = "MPSERVE_CUDA_MMA_SMALL";
 // CUDA backend: 0 launches every kernel without programmatic dependent launch (A/B runs); default on.
 inline constexpr const char* kCudaPdl = "MPSERVE_CUDA_PDL";
 // CUDA backend: 0 keeps cuBLASLt's heuristic algorithm for the decode GEMMs instead of timing its

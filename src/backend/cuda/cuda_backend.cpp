@@ -258,6 +258,16 @@ class CudaBackend final : public Backend {
     int n = std::atoi(v->c_str());
     return n < 0 ? 0 : (n > kMmaLinearMaxRows ? kMmaLinearMaxRows : n);
   }
+  // At GEMV row counts, these linears take the tensor-core kernel instead (its norm is a separate
+  // launch); MPSERVE_CUDA_MMA_SMALL lists them ("gate_up,lm_head", "" = none).
+  bool mma_small_gate_up_ = mma_small_has("gate_up");
+  bool mma_small_lm_head_ = mma_small_has("lm_head");
+  static bool mma_small_has(const char* name) {
+    auto v = env::get(env::kCudaMmaSmall);
+    const std::string list = v ? *v : std::string(kMmaSmallDefault);
+    return ("," + list + ",").find("," + std::string(name) + ",") != std::string::npos;
+  }
+  static constexpr const char* kMmaSmallDefault = "";
   mutable KernelProfiler profiler_;
 };
 
@@ -495,8 +505,9 @@ void CudaBackend::forward(const StepShape& s) {
   auto mark = [&](const char* name) {
     if (profiling_) profiler_.mark(stream_, name);
   };
+  // mma_small: this linear takes the tensor-core kernel at GEMV row counts too (mma_small_ below).
   auto gemv_call = [&](const void* x, const __nv_bfloat16* norm_w, const __nv_bfloat16* w, void* y, int n_in,
-                       int n_out, GemvIn im, GemvOut om, const QkvRopeArgs* rope = nullptr) {
+                       int n_out, GemvIn im, GemvOut om, const QkvRopeArgs* rope = nullptr, bool mma_small = false) {
     GemvArgs g;
     if (rope) g.rope = *rope;
     g.x = x;
@@ -507,7 +518,7 @@ void CudaBackend::forward(const StepShape& s) {
     g.rows = s.tokens;
     g.in = n_in;
     g.out = n_out;
-    if (use_mma) {
+    if (use_mma || mma_small) {
       g.x_norm = hnorm_;  // the normalized x (rows, n_in); n_in is the hidden size for every kRmsNorm call
       mma_linear(g, im, om, stream_);
     } else {
@@ -615,7 +626,8 @@ void CudaBackend::forward(const StepShape& s) {
     }
     if (opts_.ablation != Ablation::kNoMlp) {
       if (fused) {
-        gemv_call(residual_, d.post_norm, d.gate_up, act_, h, in, GemvIn::kRmsNorm, GemvOut::kSwiGlu);
+        gemv_call(residual_, d.post_norm, d.gate_up, act_, h, in, GemvIn::kRmsNorm, GemvOut::kSwiGlu, nullptr,
+                  mma_small_gate_up_);
         mark("norm_gate_up_swiglu_gemv");
         gemv_call(act_, nullptr, d.down, residual_, in, h, GemvIn::kBf16, GemvOut::kAddF32);
         mark("down_gemv_add");
@@ -634,7 +646,8 @@ void CudaBackend::forward(const StepShape& s) {
   }
   if (s.sampled == 0) return;
   if (fused) {  // decode: sampled row i is token i
-    gemv_call(residual_, final_norm_, lm_head_, logits_, h, v, GemvIn::kRmsNorm, GemvOut::kF32);
+    gemv_call(residual_, final_norm_, lm_head_, logits_, h, v, GemvIn::kRmsNorm, GemvOut::kF32, nullptr,
+              mma_small_lm_head_);
     mark("final_norm_lm_head_gemv");
   } else {
     add_rms_norm(residual_, pending ? delta_ : nullptr, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled,

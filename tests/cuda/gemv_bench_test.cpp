@@ -7,6 +7,7 @@
 //   BENCH kernel=... shape=... rows=... us=... GBps=... (spread, plan, pdl)
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstdio>
 #include <string>
 
@@ -39,6 +40,22 @@ void print(const char* kernel, const std::string& shape, int rows, const api::Ge
   std::fflush(stdout);
 }
 
+// A decoder layer's decode linears and the LM head, with the GEMV mode each runs in.
+struct Linear {
+  const char* name;
+  api::GemvMode mode;
+  int in, out;
+};
+std::array<Linear, 5> decode_linears(const ModelShape& m) {
+  return {{
+      {"qkv", api::GemvMode::kNormF32, m.hidden, m.q_dim + 2 * m.kv_dim},
+      {"o", api::GemvMode::kAddF32, m.q_dim, m.hidden},
+      {"gate_up", api::GemvMode::kNormSwiGlu, m.hidden, m.inter},
+      {"down", api::GemvMode::kAddF32, m.inter, m.hidden},
+      {"lm_head", api::GemvMode::kNormF32, m.hidden, kVocab},
+  }};
+}
+
 class GemvBench : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -50,19 +67,7 @@ class GemvBench : public ::testing::Test {
 // of the same matrix (the norm / SiLU / add kernels it would need are not counted).
 TEST_F(GemvBench, DISABLED_linears_vs_cublaslt) {
   for (const ModelShape& m : kShapes) {
-    struct Linear {
-      const char* name;
-      api::GemvMode mode;
-      int in, out;
-    };
-    const Linear linears[] = {
-        {"qkv", api::GemvMode::kNormF32, m.hidden, m.q_dim + 2 * m.kv_dim},
-        {"o", api::GemvMode::kAddF32, m.q_dim, m.hidden},
-        {"gate_up", api::GemvMode::kNormSwiGlu, m.hidden, m.inter},
-        {"down", api::GemvMode::kAddF32, m.inter, m.hidden},
-        {"lm_head", api::GemvMode::kNormF32, m.hidden, kVocab},
-    };
-    for (const Linear& l : linears) {
+    for (const Linear& l : decode_linears(m)) {
       const std::string shape = std::string(m.name) + "_" + l.name + "_" + std::to_string(l.in) + "x" +
                                 std::to_string(l.mode == api::GemvMode::kNormSwiGlu ? 2 * l.out : l.out);
       for (int rows : {1, 4, 8}) {
@@ -80,19 +85,7 @@ TEST_F(GemvBench, DISABLED_linears_vs_cublaslt) {
 TEST_F(GemvBench, DISABLED_mma_linears_vs_cublaslt) {
   constexpr int kMmaRepeats = 15;  // 360 measurements: keep the run within a few minutes
   for (const ModelShape& m : kShapes) {
-    struct Linear {
-      const char* name;
-      api::GemvMode mode;
-      int in, out;
-    };
-    const Linear linears[] = {
-        {"qkv", api::GemvMode::kNormF32, m.hidden, m.q_dim + 2 * m.kv_dim},
-        {"o", api::GemvMode::kAddF32, m.q_dim, m.hidden},
-        {"gate_up", api::GemvMode::kNormSwiGlu, m.hidden, m.inter},
-        {"down", api::GemvMode::kAddF32, m.inter, m.hidden},
-        {"lm_head", api::GemvMode::kNormF32, m.hidden, kVocab},
-    };
-    for (const Linear& l : linears) {
+    for (const Linear& l : decode_linears(m)) {
       const std::string shape = std::string(m.name) + "_" + l.name;
       for (int rows : {1, 8, 16, 32, 64}) {
         print("mma", shape, rows, api::gemv_bench(l.mode, false, rows, l.in, l.out, kMmaRepeats, 0, 0, 0, true));
@@ -131,18 +124,18 @@ TEST_F(GemvBench, DISABLED_plan_sweep) {
 // the second leaves SMs partly idle in every round instead of most of them in the last one.
 TEST_F(GemvBench, DISABLED_balanced_grid) {
   for (const ModelShape& m : kShapes) {
-    struct Linear {
+    struct TiledLinear {
       const char* name;
       api::GemvMode mode;
       int in, out, outputs_per_tile;
     };
-    const Linear linears[] = {
+    const TiledLinear linears[] = {
         {"qkv", api::GemvMode::kNormF32, m.hidden, m.q_dim + 2 * m.kv_dim, 8},
         {"o", api::GemvMode::kAddF32, m.q_dim, m.hidden, 8},
         {"gate_up", api::GemvMode::kNormSwiGlu, m.hidden, m.inter, 8},
         {"down", api::GemvMode::kAddF32, m.inter, m.hidden, 8},
     };
-    for (const Linear& l : linears) {
+    for (const TiledLinear& l : linears) {
       const std::string shape = std::string(m.name) + "_" + l.name;
       const api::GemvBench full = api::gemv_bench(l.mode, false, 1, l.in, l.out, kRepeats);
       print("gemv_grid_full", shape, 1, full);

@@ -57,70 +57,146 @@ constexpr size_t smem_bytes() {
 // Byte offset of 16-byte chunk c of shared row r (swizzled).
 __device__ __forceinline__ int swz(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
 
+// One block's share of a tile: which 64-wide steps along `in` it takes (an equal run of the
+// tile's steps for cluster rank `rank` of `split`).
+struct StepRun {
+  int s0, n;
+  __device__ StepRun(int in, int rank, int split) {
+    const int steps = CEIL_DIV(in, kBK);
+    s0 = rank * steps / split;
+    n = (rank + 1) * steps / split - s0;
+  }
+};
+
+// The cp.async copies of one stage: THREADS threads, each a fixed 16-byte chunk column c of W
+// rows lr + THREADS/8 j (tile rows mapped onto the weight, kSwiGlu: gate then up rows) and of x
+// rows likewise (zero past `rows` and past `in`).
+template <int XROWS, int BN, GemvOut OUT, int THREADS>
+struct StageCopier {
+  static constexpr int kLoadRows = THREADS / 8;
+  static constexpr int kXBytes = XROWS * 128;
+  static constexpr int kStageBytes = (XROWS + BN) * 128;
+  const __nv_bfloat16* wrow[BN / kLoadRows];
+  const __nv_bfloat16* x;
+  int c, lr, rows, in, chunks;
+  __device__ StageCopier(const GemvArgs& a, int tile, int tid) {
+    c = tid & 7, lr = tid >> 3, rows = a.rows, in = a.in, chunks = a.in >> 3;
+    x = static_cast<const __nv_bfloat16*>(a.x);
+#pragma unroll
+    for (int j = 0; j < BN / kLoadRows; ++j) {
+      const int n = lr + kLoadRows * j;
+      int r;
+      if constexpr (OUT == GemvOut::kSwiGlu) {
+        const int o = min(tile * (BN / 2) + n % (BN / 2), a.out - 1);  // past `out`: computed, dropped
+        r = n < BN / 2 ? o : a.out + o;
+      } else {
+        r = min(tile * BN + n, a.out - 1);
+      }
+      wrow[j] = a.w + static_cast<int64_t>(r) * in;
+    }
+  }
+  __device__ void w(unsigned char* stages, int slot, int step) const {
+    unsigned char* ws = stages + slot * kStageBytes + kXBytes;
+    const int kc = step * (kBK / 8) + c;
+    const bool ok = kc < chunks;
+#pragma unroll
+    for (int j = 0; j < BN / kLoadRows; ++j) cp_async16(ws + swz(lr + kLoadRows * j, c), wrow[j] + 8 * kc, ok);
+  }
+  __device__ void xs(unsigned char* stages, int slot, int step) const {
+    unsigned char* xb = stages + slot * kStageBytes;
+    const int kc = step * (kBK / 8) + c;
+#pragma unroll
+    for (int j = 0; j < CEIL_DIV(XROWS, kLoadRows); ++j) {
+      const int m = lr + kLoadRows * j;
+      if (m >= XROWS) break;
+      const bool ok = m < rows && kc < chunks;
+      cp_async16(xb + swz(m, c), ok ? x + static_cast<int64_t>(m) * in + 8 * kc : x, ok);
+    }
+  }
+  // The first kStages - 1 stages: weights before pdl_wait() (no kernel writes them), x after.
+  __device__ void prologue(unsigned char* stages, const StepRun& run) const {
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s)
+      if (s < run.n) w(stages, s, run.s0 + s);
+    pdl_wait();  // x and y belong to earlier kernels
+    pdl_trigger();
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < run.n) xs(stages, s, run.s0 + s);
+      cp_async_commit();  // group 0 also holds the weight stages above
+    }
+  }
+  // Step i's stage has landed for every thread (and step i - 1's slot is free): then the copies
+  // of step i + kStages - 1 go out.
+  __device__ void next(unsigned char* stages, const StepRun& run, int i) const {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    const int nx = i + kStages - 1;
+    if (nx < run.n) {
+      w(stages, nx % kStages, run.s0 + nx);
+      xs(stages, nx % kStages, run.s0 + nx);
+    }
+    cp_async_commit();
+  }
+};
+
+// The tile's partial sums are in `red` (f32, rows x red_stride) of every block of the cluster:
+// block `rank` adds its share of the (row, 4 columns) items over the ranks, in rank order, and
+// stores them (kSwiGlu: 4 gate columns and their up columns). Every thread issues the loads of
+// all ranks' partials of an item before it adds them.
+template <int BN, GemvOut OUT, int THREADS>
+__device__ void reduce_store(const GemvArgs& a, float* red, int tile, int rank, int split) {
+  if (split > 1) {
+    cg::this_cluster().sync();  // release / acquire at cluster scope: the peers' tiles are visible
+  } else {
+    __syncthreads();
+  }
+  constexpr bool kSwiGlu = OUT == GemvOut::kSwiGlu;
+  constexpr int kStride = red_stride<BN>();
+  const float* part[kMaxSplit];
+#pragma unroll
+  for (int q = 0; q < kMaxSplit; ++q)
+    part[q] = split > 1 && q < split ? cg::this_cluster().map_shared_rank(red, q) : red;
+  constexpr int kQuads = kSwiGlu ? BN / 8 : BN / 4;
+  const int o0 = tile * (kSwiGlu ? BN / 2 : BN);
+  auto gather = [&](int off) {
+    float4 v[kMaxSplit];
+#pragma unroll
+    for (int q = 0; q < kMaxSplit; ++q)
+      if (q < split) v[q] = *reinterpret_cast<const float4*>(part[q] + off);
+    float4 s = v[0];
+#pragma unroll
+    for (int q = 1; q < kMaxSplit; ++q)
+      if (q < split) s.x += v[q].x, s.y += v[q].y, s.z += v[q].z, s.w += v[q].w;
+    return s;
+  };
+  for (int e = rank * THREADS + static_cast<int>(threadIdx.x); e < a.rows * kQuads; e += split * THREADS) {
+    const int r = e / kQuads, col = 4 * (e - r * kQuads), o = o0 + col;
+    if (o >= a.out) continue;
+    const float4 s = gather(r * kStride + col);
+    float4 up = make_float4(0.f, 0.f, 0.f, 0.f);
+    if constexpr (kSwiGlu) up = gather(r * kStride + BN / 2 + col);
+    linear_store<OUT>(a, r, o, make_float2(s.x, s.y), make_float2(up.x, up.y));
+    if (o + 2 < a.out) linear_store<OUT>(a, r, o + 2, make_float2(s.z, s.w), make_float2(up.z, up.w));
+  }
+  if (split > 1) cg::this_cluster().sync();  // no block leaves while a peer may still read its tile
+}
+
 template <int MT, int BN, GemvOut OUT>
 __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int split) {
-  constexpr bool kSwiGlu = OUT == GemvOut::kSwiGlu;
   constexpr int kXRows = MT * 16;
-  constexpr int kXBytes = kXRows * 128;
   constexpr int kWarpN = BN / 4;  // columns per warp
   constexpr int kN8 = kWarpN / 8;
-  constexpr int kLoadRows = kThreads / 8;  // rows one pass of 16-byte copies covers
+  using Copier = StageCopier<kXRows, BN, OUT, kThreads>;
   extern __shared__ __align__(128) unsigned char smem[];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wn = warp & 3, kg = warp >> 2;  // column quarter, half of each step's 16-wide k
   const int g = lane >> 2, t = lane & 3;
   const int rank = static_cast<int>(blockIdx.x) % split, tile = static_cast<int>(blockIdx.x) / split;
-  const int rows = a.rows, in = a.in, out = a.out;
-  const int chunks = in >> 3;
-  const int steps = CEIL_DIV(in, kBK);
-  const int s0 = rank * steps / split, n_steps = (rank + 1) * steps / split - s0;
-
-  // This thread's copies per stage: chunk column c of W rows lr + kLoadRows j and of x rows likewise.
-  const int c = tid & 7, lr = tid >> 3;
-  const __nv_bfloat16* wrow[BN / kLoadRows];
-#pragma unroll
-  for (int j = 0; j < BN / kLoadRows; ++j) {
-    const int n = lr + kLoadRows * j;
-    int r;
-    if constexpr (kSwiGlu) {
-      const int o = min(tile * (BN / 2) + n % (BN / 2), out - 1);  // past `out`: computed, dropped
-      r = n < BN / 2 ? o : out + o;
-    } else {
-      r = min(tile * BN + n, out - 1);
-    }
-    wrow[j] = a.w + static_cast<int64_t>(r) * in;
-  }
-  const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(a.x);
-  auto load_w = [&](int slot, int step) {
-    unsigned char* ws = smem + slot * stage_bytes<MT, BN>() + kXBytes;
-    const int kc = step * (kBK / 8) + c;
-    const bool ok = kc < chunks;
-#pragma unroll
-    for (int j = 0; j < BN / kLoadRows; ++j) cp_async16(ws + swz(lr + kLoadRows * j, c), wrow[j] + 8 * kc, ok);
-  };
-  auto load_x = [&](int slot, int step) {
-    unsigned char* xs = smem + slot * stage_bytes<MT, BN>();
-    const int kc = step * (kBK / 8) + c;
-#pragma unroll
-    for (int j = 0; j < CEIL_DIV(kXRows, kLoadRows); ++j) {
-      const int m = lr + kLoadRows * j;
-      if (m >= kXRows) break;
-      const bool ok = m < rows && kc < chunks;
-      cp_async16(xs + swz(m, c), ok ? x + static_cast<int64_t>(m) * in + 8 * kc : x, ok);
-    }
-  };
-
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s)
-    if (s < n_steps) load_w(s, s0 + s);
-  pdl_wait();  // x and y belong to earlier kernels
-  pdl_trigger();
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_steps) load_x(s, s0 + s);
-    cp_async_commit();  // group 0 also holds the weight stages above
-  }
+  const StepRun run(a.in, rank, split);
+  const Copier copy(a, tile, tid);
+  copy.prologue(smem, run);
 
   float acc[MT][kN8][4];
 #pragma unroll
@@ -128,17 +204,10 @@ __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int sp
 #pragma unroll
     for (int j = 0; j < kN8; ++j) acc[m][j][0] = acc[m][j][1] = acc[m][j][2] = acc[m][j][3] = 0.f;
 
-  for (int i = 0; i < n_steps; ++i) {
-    cp_async_wait<kStages - 2>();  // step i's group has landed (for this thread) ...
-    __syncthreads();               // ... for every thread, and step i - 1's slot is free
-    const int next = i + kStages - 1;
-    if (next < n_steps) {
-      load_w(next % kStages, s0 + next);
-      load_x(next % kStages, s0 + next);
-    }
-    cp_async_commit();
-    const unsigned char* xs = smem + (i % kStages) * stage_bytes<MT, BN>();
-    const unsigned char* ws = xs + kXBytes;
+  for (int i = 0; i < run.n; ++i) {
+    copy.next(smem, run, i);
+    const unsigned char* xs = smem + (i % kStages) * Copier::kStageBytes;
+    const unsigned char* ws = xs + Copier::kXBytes;
 #pragma unroll
     for (int h = 0; h < kBK / 32; ++h) {
       const int kk = 2 * h + kg;  // the two warp groups take alternate 16-wide k
@@ -185,40 +254,99 @@ __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int sp
     }
     if (pass == 0) __syncthreads();
   }
-  if (split > 1) {
-    cg::this_cluster().sync();  // release / acquire at cluster scope: the peers' tiles are visible
-  } else {
+  reduce_store<BN, OUT, kThreads>(a, red, tile, rank, split);
+}
+
+// ---- 33..64 rows: one warpgroup issuing wgmma (sm_90a) on the same stages ----
+// note: 64 batch rows are wgmma's M; the x and W stages above are already in the layout of its
+// 128-byte-swizzled K-major shared-memory operands (16-byte chunk c of row r at c ^ (r % 8),
+// stage bases 1024-byte aligned), so a 16-wide k slice is a descriptor 32 bytes further on.
+constexpr int kWgThreads = 128;
+constexpr int kWgBN = 128;
+constexpr int kWgMinRows = 32;  // above this many rows (3-4 m-tiles of mma.sync) the wgmma kernel
+
+// Shared-memory matrix descriptor of a K-major, 128-byte-swizzled operand starting at p: rows of
+// 128 bytes, 8-row groups 1024 bytes apart (stride byte offset), leading byte offset unused (1).
+__device__ __forceinline__ uint64_t sw128_desc(const void* p) {
+  return uint64_t((smem_addr(p) & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) |
+         (uint64_t(1) << 62);
+}
+
+// d (64 x 128 f32, the warpgroup's accumulator fragment) += A (64 x 16) . B (16 x 128).
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(1));
+#else
+  __trap();  // built without sm_90a: never silently skip the product
+#endif
+}
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit_wait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// cp.async writes are generic-proxy writes; wgmma reads shared memory through the async proxy.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+template <GemvOut OUT>
+__global__ void __launch_bounds__(kWgThreads) mma_linear_wg_kernel(GemvArgs a, int split) {
+  using Copier = StageCopier<64, kWgBN, OUT, kWgThreads>;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // wgmma's swizzle pattern repeats every 1024 bytes: align the stages to it (launch adds 1 KiB).
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int rank = static_cast<int>(blockIdx.x) % split, tile = static_cast<int>(blockIdx.x) / split;
+  const StepRun run(a.in, rank, split);
+  const Copier copy(a, tile, tid);
+  copy.prologue(smem, run);
+
+  float d[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) d[i] = 0.f;
+  for (int i = 0; i < run.n; ++i) {
+    cp_async_wait<kStages - 2>();
+    fence_proxy_async_smem();
     __syncthreads();
+    const int nx = i + kStages - 1;  // step i - 1's slot: its wgmma completed before the barrier
+    if (nx < run.n) {
+      copy.w(smem, nx % kStages, run.s0 + nx);
+      copy.xs(smem, nx % kStages, run.s0 + nx);
+    }
+    cp_async_commit();
+    const unsigned char* xs = smem + (i % kStages) * Copier::kStageBytes;
+    const unsigned char* ws = xs + Copier::kXBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n128k16(d, sw128_desc(xs + 32 * kk), sw128_desc(ws + 32 * kk));
+    wgmma_commit_wait();
   }
-  // Items of 4 consecutive columns (kSwiGlu: 4 gate columns and their up columns); each thread
-  // issues the loads of every rank's partial before it adds them, in rank order.
-  const float* part[kMaxSplit];
+  cp_async_wait<0>();
+  __syncthreads();  // the stages become the partial tile
+
+  // Accumulator fragment: d[4i..4i+1] row 16 warp + g, columns 8i + 2t (+1); d[4i+2..3] row + 8.
+  float* red = reinterpret_cast<float*>(smem);
+  constexpr int kStride = red_stride<kWgBN>();
 #pragma unroll
-  for (int q = 0; q < kMaxSplit; ++q)
-    part[q] = split > 1 && q < split ? cg::this_cluster().map_shared_rank(red, q) : red;
-  constexpr int kQuads = kSwiGlu ? BN / 8 : BN / 4;
-  const int o0 = tile * (kSwiGlu ? BN / 2 : BN);
-  auto gather = [&](int off) {
-    float4 v[kMaxSplit];
-#pragma unroll
-    for (int q = 0; q < kMaxSplit; ++q)
-      if (q < split) v[q] = *reinterpret_cast<const float4*>(part[q] + off);
-    float4 s = v[0];
-#pragma unroll
-    for (int q = 1; q < kMaxSplit; ++q)
-      if (q < split) s.x += v[q].x, s.y += v[q].y, s.z += v[q].z, s.w += v[q].w;
-    return s;
-  };
-  for (int e = rank * kThreads + tid; e < rows * kQuads; e += split * kThreads) {
-    const int r = e / kQuads, col = 4 * (e - r * kQuads), o = o0 + col;
-    if (o >= out) continue;
-    const float4 s = gather(r * kStride + col);
-    float4 up = make_float4(0.f, 0.f, 0.f, 0.f);
-    if constexpr (kSwiGlu) up = gather(r * kStride + BN / 2 + col);
-    linear_store<OUT>(a, r, o, make_float2(s.x, s.y), make_float2(up.x, up.y));
-    if (o + 2 < out) linear_store<OUT>(a, r, o + 2, make_float2(s.z, s.w), make_float2(up.z, up.w));
+  for (int i = 0; i < kWgBN / 8; ++i) {
+    const int r = 16 * warp + g, col = 8 * i + 2 * t;
+    *reinterpret_cast<float2*>(red + r * kStride + col) = make_float2(d[4 * i], d[4 * i + 1]);
+    *reinterpret_cast<float2*>(red + (r + 8) * kStride + col) = make_float2(d[4 * i + 2], d[4 * i + 3]);
   }
-  if (split > 1) cg::this_cluster().sync();  // no block leaves while a peer may still read its tile
+  reduce_store<kWgBN, OUT, kWgThreads>(a, red, tile, rank, split);
 }
 
 template <GemvOut OUT>
@@ -226,21 +354,29 @@ int tiles_for(const GemvArgs& a, int bn) {
   return CEIL_DIV(a.out, OUT == GemvOut::kSwiGlu ? bn / 2 : bn);
 }
 
+template <typename K>
+void launch_kernel_plan(K* kernel, int threads, size_t smem, const GemvArgs& a, const MmaLinearPlan& p,
+                        cudaStream_t stream) {
+  resident_blocks(reinterpret_cast<const void*>(kernel), threads, smem);  // raises the smem limit once
+  if (p.split > 1) {
+    launch_kernel_clusters(kernel, dim3(p.grid), dim3(threads), dim3(p.split), smem, stream, a, p.split);
+  } else {
+    launch_kernel(kernel, dim3(p.grid), dim3(threads), smem, stream, a, 1);
+  }
+}
+
 template <int MT, int BN, GemvOut OUT>
 void launch(const GemvArgs& a, const MmaLinearPlan& p, cudaStream_t stream) {
   static_assert(size_t(MT * 16) * red_stride<BN>() * 4 <= smem_bytes<MT, BN>(), "partial tile fits the stages");
-  auto* kernel = mma_linear_kernel<MT, BN, OUT>;
-  const size_t smem = smem_bytes<MT, BN>();
-  resident_blocks(reinterpret_cast<const void*>(kernel), kThreads, smem);  // raises the smem limit once
-  if (p.split > 1) {
-    launch_kernel_clusters(kernel, dim3(p.grid), dim3(kThreads), dim3(p.split), smem, stream, a, p.split);
-  } else {
-    launch_kernel(kernel, dim3(p.grid), dim3(kThreads), smem, stream, a, 1);
-  }
+  launch_kernel_plan(mma_linear_kernel<MT, BN, OUT>, kThreads, smem_bytes<MT, BN>(), a, p, stream);
 }
 
 template <GemvOut OUT>
 void dispatch(const GemvArgs& a, const MmaLinearPlan& p, cudaStream_t stream) {
+  if (p.wgmma) {
+    static_assert(size_t(64) * red_stride<kWgBN>() * 4 <= smem_bytes<4, kWgBN>());
+    return launch_kernel_plan(mma_linear_wg_kernel<OUT>, kWgThreads, smem_bytes<4, kWgBN>() + 1024, a, p, stream);
+  }
   const int mt = CEIL_DIV(a.rows, 16);
   auto bn = [&]<int MT>() {
     if (p.bn == 64) return launch<MT, 64, OUT>(a, p, stream);
@@ -279,10 +415,11 @@ MmaLinearPlan mma_linear_plan(const GemvArgs& a, GemvOut out_mode, int bn, int s
   auto tiles = [&](int b) { return by_out(out_mode, [&]<GemvOut OUT>() { return tiles_for<OUT>(a, b); }); };
   auto split_for = [&](int b) { return std::clamp(CEIL_DIV(sms, tiles(b)), 1, max_split); };
   MmaLinearPlan p;
-  p.bn = bn > 0 ? bn : (tiles(128) * split_for(128) >= sms / 2 ? 128 : 64);
+  p.bn = bn > 0 ? bn : (a.rows > kWgMinRows || tiles(128) * split_for(128) >= sms / 2 ? 128 : 64);
   CUDA_SHAPE_CHECK(p.bn == 64 || p.bn == 128);
   p.split = split > 0 ? std::min({split, steps, kMaxSplit}) : split_for(p.bn);
   p.grid = tiles(p.bn) * p.split;
+  p.wgmma = a.rows > kWgMinRows && p.bn == kWgBN;
   return p;
 }
 

@@ -22,10 +22,11 @@ struct MmaLinearPlan {
   int bn = 0;     // 64 or 128 weight rows per tile (kSwiGlu: half gate, half up rows)
   int split = 0;  // blocks (cluster size, 1..8) that share a tile's `in`
   int grid = 0;   // tiles * split
+  bool wgmma = false;  // 33..64 rows with 128-row tiles: the wgmma kernel (64 batch rows = its M)
 };
 
 // bn / split > 0 force those values (tests, benchmark sweeps); split is capped at the number of
-// 64-wide steps along `in`.
+// 64-wide steps along `in`. Above 32 rows, 128-row tiles run on wgmma, 64-row ones on mma.sync.
 MmaLinearPlan mma_linear_plan(const GemvArgs& a, GemvOut out_mode, int bn = 0, int split = 0);
 
 // plan: nullptr = mma_linear_plan's choice.

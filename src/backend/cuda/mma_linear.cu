@@ -18,6 +18,11 @@
 //
 // PDL: the first kStages - 1 weight stages are requested before pdl_wait() (no kernel writes
 // weights); x (written by the kernel before) only after it.
+//
+// Above 32 rows with 128-row tiles, one warpgroup runs the same stages through wgmma (sm_90a,
+// mma_linear_wg_kernel): 64 batch rows are its M. Measured on an H200 it is faster than the
+// mma.sync kernel at 64 rows (3B step 3.03 vs 3.60 ms) but still ~5% slower than cuBLASLt, so the
+// backend does not send 64-row steps here by default (docs/results/cuda_backend.md, seventh session).
 #include <algorithm>
 
 #include <cooperative_groups.h>
@@ -35,10 +40,10 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kBK = 64;  // `in` per step: one 128-byte shared row
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // 8 warps: 4 column quarters x 2 halves of each 32-wide k
 // note: 4 stages, two blocks per SM at 64 rows. Measured on an H200 (docs/results/cuda_backend.md,
 // seventh session): 2, 3 and 8 stages were slower or equal in steps at 32 and 64 rows.
-constexpr int kStages = 4;  // 8 warps: 4 column quarters x 2 halves of each 32-wide k
+constexpr int kStages = 4;
 constexpr int kMaxSplit = 8;  // the portable cluster size
 
 template <int MT, int BN>
@@ -71,7 +76,7 @@ struct StepRun {
 // The cp.async copies of one stage: THREADS threads, each a fixed 16-byte chunk column c of W
 // rows lr + THREADS/8 j (tile rows mapped onto the weight, kSwiGlu: gate then up rows) and of x
 // rows likewise (zero past `rows` and past `in`).
-template <int XROWS, int BN, GemvOut OUT, int THREADS>
+template <int XROWS, int BN, GemvOut OUT, int THREADS, int ST = kStages>
 struct StageCopier {
   static constexpr int kLoadRows = THREADS / 8;
   static constexpr int kXBytes = XROWS * 128;
@@ -113,28 +118,28 @@ struct StageCopier {
       cp_async16(xb + swz(m, c), ok ? x + static_cast<int64_t>(m) * in + 8 * kc : x, ok);
     }
   }
-  // The first kStages - 1 stages: weights before pdl_wait() (no kernel writes them), x after.
+  // The first ST - 1 stages: weights before pdl_wait() (no kernel writes them), x after.
   __device__ void prologue(unsigned char* stages, const StepRun& run) const {
 #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s)
+    for (int s = 0; s < ST - 1; ++s)
       if (s < run.n) w(stages, s, run.s0 + s);
     pdl_wait();  // x and y belong to earlier kernels
     pdl_trigger();
 #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
+    for (int s = 0; s < ST - 1; ++s) {
       if (s < run.n) xs(stages, s, run.s0 + s);
       cp_async_commit();  // group 0 also holds the weight stages above
     }
   }
   // Step i's stage has landed for every thread (and step i - 1's slot is free): then the copies
-  // of step i + kStages - 1 go out.
+  // of step i + ST - 1 go out.
   __device__ void next(unsigned char* stages, const StepRun& run, int i) const {
-    cp_async_wait<kStages - 2>();
+    cp_async_wait<ST - 2>();
     __syncthreads();
-    const int nx = i + kStages - 1;
+    const int nx = i + ST - 1;
     if (nx < run.n) {
-      w(stages, nx % kStages, run.s0 + nx);
-      xs(stages, nx % kStages, run.s0 + nx);
+      w(stages, nx % ST, run.s0 + nx);
+      xs(stages, nx % ST, run.s0 + nx);
     }
     cp_async_commit();
   }
@@ -289,9 +294,20 @@ __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void wgmma_commit_wait() {
+__device__ __forceinline__ void wgmma_commit() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+// Waits until at most N committed wgmma groups of the warpgroup are pending.
+template <int N>
+__device__ __forceinline__ void wgmma_wait(float (&d)[64]) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+  // note: the accumulators are in flight until the wait: tie them to it so that no read or
+  // write of d moves above it.
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
 #endif
 }
 // cp.async writes are generic-proxy writes; wgmma reads shared memory through the async proxy.
@@ -301,9 +317,9 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 #endif
 }
 
-template <GemvOut OUT>
+template <GemvOut OUT, int ST>
 __global__ void __launch_bounds__(kWgThreads) mma_linear_wg_kernel(GemvArgs a, int split) {
-  using Copier = StageCopier<64, kWgBN, OUT, kWgThreads>;
+  using Copier = StageCopier<64, kWgBN, OUT, kWgThreads, ST>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // wgmma's swizzle pattern repeats every 1024 bytes: align the stages to it (launch adds 1 KiB).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -317,23 +333,27 @@ __global__ void __launch_bounds__(kWgThreads) mma_linear_wg_kernel(GemvArgs a, i
   float d[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) d[i] = 0.f;
+  // note: step i's MMAs stay in flight while the warpgroup waits for step i + 1's stage; the
+  // copies of step i + ST - 1 go to step i - 1's slot once its MMAs are done (wait <1>).
   for (int i = 0; i < run.n; ++i) {
-    cp_async_wait<kStages - 2>();
+    cp_async_wait<ST - 2>();
     fence_proxy_async_smem();
     __syncthreads();
-    const int nx = i + kStages - 1;  // step i - 1's slot: its wgmma completed before the barrier
-    if (nx < run.n) {
-      copy.w(smem, nx % kStages, run.s0 + nx);
-      copy.xs(smem, nx % kStages, run.s0 + nx);
-    }
-    cp_async_commit();
-    const unsigned char* xs = smem + (i % kStages) * Copier::kStageBytes;
+    const unsigned char* xs = smem + (i % ST) * Copier::kStageBytes;
     const unsigned char* ws = xs + Copier::kXBytes;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n128k16(d, sw128_desc(xs + 32 * kk), sw128_desc(ws + 32 * kk));
-    wgmma_commit_wait();
+    wgmma_commit();
+    wgmma_wait<1>(d);
+    const int nx = i + ST - 1;
+    if (nx < run.n) {
+      copy.w(smem, nx % ST, run.s0 + nx);
+      copy.xs(smem, nx % ST, run.s0 + nx);
+    }
+    cp_async_commit();
   }
+  wgmma_wait<0>(d);
   cp_async_wait<0>();
   __syncthreads();  // the stages become the partial tile
 
@@ -375,7 +395,9 @@ template <GemvOut OUT>
 void dispatch(const GemvArgs& a, const MmaLinearPlan& p, cudaStream_t stream) {
   if (p.wgmma) {
     static_assert(size_t(64) * red_stride<kWgBN>() * 4 <= smem_bytes<4, kWgBN>());
-    return launch_kernel_plan(mma_linear_wg_kernel<OUT>, kWgThreads, smem_bytes<4, kWgBN>() + 1024, a, p, stream);
+    // note: 6 and 8 stages (one block per SM) measured 20-50% slower per launch at 64 rows (H200).
+    return launch_kernel_plan(mma_linear_wg_kernel<OUT, kStages>, kWgThreads, smem_bytes<4, kWgBN>() + 1024, a, p,
+                              stream);
   }
   const int mt = CEIL_DIV(a.rows, 16);
   auto bn = [&]<int MT>() {

@@ -248,8 +248,8 @@ class CudaBackend final : public Backend {
   // note: measured on an H200 (docs/results/cuda_backend.md, seventh session; bench offline steps
   // at context 128 against cuBLASLt + norm/SiLU/RoPE kernels): 0.5B -12% at 12 and 16 rows, +4%
   // at 24 and 32, +25% at 64; 1.5B -13% at 12, -2% at 24; 3B -14% at 8 and 12, -5% at 24 and 32,
-  // +24% at 64; 7B +1% at 8 and 12, +7% at 24. At 33..64 rows the wgmma kernel still loses ~5%
-  // (3B 64 x 128: 3.03 vs 2.88 ms; 0.5B 1.10 vs 1.01). So: 16 rows up to hidden 1536, 32 at
+  // +24% at 64; 7B +1% at 8 and 12, +7% at 24. At 33..64 rows the wgmma kernel still loses 6-9%
+  // (3B 64 x 128: 3.07 vs 2.88-2.90 ms; 0.5B 1.11 vs 1.02-1.03). So: 16 rows up to hidden 1536, 32 at
   // 2048, none above.
   int mma_max_rows_ = mma_max_rows_from_env(c_.hidden_size);
   static int mma_max_rows_from_env(int64_t hidden) {

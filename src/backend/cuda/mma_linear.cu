@@ -21,7 +21,7 @@
 //
 // Above 32 rows with 128-row tiles, one warpgroup runs the same stages through wgmma (sm_90a,
 // mma_linear_wg_kernel): 64 batch rows are its M. Measured on an H200 it is faster than the
-// mma.sync kernel at 64 rows (3B step 3.03 vs 3.60 ms) but still ~5% slower than cuBLASLt, so the
+// mma.sync kernel at 64 rows (3B step 3.03-3.07 vs 3.60 ms) but still 6-9% slower than cuBLASLt, so the
 // backend does not send 64-row steps here by default (docs/results/cuda_backend.md, seventh session).
 #include <algorithm>
 

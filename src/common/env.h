@@ -14,7 +14,7 @@ inline constexpr const char* kXdgCacheHome = "XDG_CACHE_HOME";
 inline constexpr const char* kHome = "HOME";
 // Directory holding the source tokenizer.json / tokenizer_config.json that make-model copies.
 inline constexpr const char* kTokenizerDir = "MPSERVE_TOKENIZER_DIR";
-// CUDA backend: decode steps of at most this many rows use the fused GEMV path (0 = cuBLASLt only).
+// CUDA backend: decode steps of at most this many rows use the fused GEMV path (0 = no GEMV).
 inline constexpr const char* kCudaGemvMaxRows = "MPSERVE_CUDA_GEMV_MAX_ROWS";
 // CUDA backend: decode steps above the GEMV's rows and at most this many use the tensor-core
 // decode linears (mma_linear.cuh; 0 = cuBLASLt there, at most 64); default by model size

@@ -429,7 +429,7 @@ auto by_out(GemvOut out_mode, F&& f) {
 // note: 128-row tiles halve the x traffic of 64-row ones (every tile reads all of x's run); a
 // tile's blocks split `in` until the grid covers the SMs once, with at least two steps per block.
 // Where even that leaves half the SMs idle (narrow, short matrices: 0.5B's qkv and o), 64-row
-// tiles.
+// tiles; above 32 rows always 128-row tiles, on the wgmma kernel.
 MmaLinearPlan mma_linear_plan(const GemvArgs& a, GemvOut out_mode, int bn, int split) {
   const int steps = CEIL_DIV(a.in, kBK);
   const int sms = device_sms();
@@ -455,8 +455,8 @@ void mma_linear(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_
     b.x = a.x_norm;
   }
   const MmaLinearPlan p = plan ? *plan : mma_linear_plan(a, out_mode);
-  CUDA_SHAPE_CHECK((p.bn == 64 || p.bn == 128) && p.split >= 1 && p.split <= kMaxSplit &&
-                   p.grid == by_out(out_mode, [&]<GemvOut OUT>() { return tiles_for<OUT>(a, p.bn); }) * p.split);
+  CUDA_SHAPE_CHECK((p.bn == 64 || p.bn == 128) && (!p.wgmma || p.bn == kWgBN) && p.split >= 1 &&
+                   p.split <= kMaxSplit && p.grid == by_out(out_mode, [&]<GemvOut OUT>() { return tiles_for<OUT>(a, p.bn); }) * p.split);
   by_out(out_mode, [&]<GemvOut OUT>() { dispatch<OUT>(b, p, stream); });
 }
 

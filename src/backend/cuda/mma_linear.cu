@@ -76,7 +76,7 @@ struct StepRun {
 // The cp.async copies of one stage: THREADS threads, each a fixed 16-byte chunk column c of W
 // rows lr + THREADS/8 j (tile rows mapped onto the weight, kSwiGlu: gate then up rows) and of x
 // rows likewise (zero past `rows` and past `in`).
-template <int XROWS, int BN, GemvOut OUT, int THREADS, int ST = kStages>
+template <int XROWS, int BN, GemvOut OUT, int THREADS>
 struct StageCopier {
   static constexpr int kLoadRows = THREADS / 8;
   static constexpr int kXBytes = XROWS * 128;
@@ -118,28 +118,28 @@ struct StageCopier {
       cp_async16(xb + swz(m, c), ok ? x + static_cast<int64_t>(m) * in + 8 * kc : x, ok);
     }
   }
-  // The first ST - 1 stages: weights before pdl_wait() (no kernel writes them), x after.
+  // The first kStages - 1 stages: weights before pdl_wait() (no kernel writes them), x after.
   __device__ void prologue(unsigned char* stages, const StepRun& run) const {
 #pragma unroll
-    for (int s = 0; s < ST - 1; ++s)
+    for (int s = 0; s < kStages - 1; ++s)
       if (s < run.n) w(stages, s, run.s0 + s);
     pdl_wait();  // x and y belong to earlier kernels
     pdl_trigger();
 #pragma unroll
-    for (int s = 0; s < ST - 1; ++s) {
+    for (int s = 0; s < kStages - 1; ++s) {
       if (s < run.n) xs(stages, s, run.s0 + s);
       cp_async_commit();  // group 0 also holds the weight stages above
     }
   }
   // Step i's stage has landed for every thread (and step i - 1's slot is free): then the copies
-  // of step i + ST - 1 go out.
+  // of step i + kStages - 1 go out.
   __device__ void next(unsigned char* stages, const StepRun& run, int i) const {
-    cp_async_wait<ST - 2>();
+    cp_async_wait<kStages - 2>();
     __syncthreads();
-    const int nx = i + ST - 1;
+    const int nx = i + kStages - 1;
     if (nx < run.n) {
-      w(stages, nx % ST, run.s0 + nx);
-      xs(stages, nx % ST, run.s0 + nx);
+      w(stages, nx % kStages, run.s0 + nx);
+      xs(stages, nx % kStages, run.s0 + nx);
     }
     cp_async_commit();
   }
@@ -317,9 +317,9 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 #endif
 }
 
-template <GemvOut OUT, int ST>
+template <GemvOut OUT>
 __global__ void __launch_bounds__(kWgThreads) mma_linear_wg_kernel(GemvArgs a, int split) {
-  using Copier = StageCopier<64, kWgBN, OUT, kWgThreads, ST>;
+  using Copier = StageCopier<64, kWgBN, OUT, kWgThreads>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // wgmma's swizzle pattern repeats every 1024 bytes: align the stages to it (launch adds 1 KiB).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -334,22 +334,22 @@ __global__ void __launch_bounds__(kWgThreads) mma_linear_wg_kernel(GemvArgs a, i
 #pragma unroll
   for (int i = 0; i < 64; ++i) d[i] = 0.f;
   // note: step i's MMAs stay in flight while the warpgroup waits for step i + 1's stage; the
-  // copies of step i + ST - 1 go to step i - 1's slot once its MMAs are done (wait <1>).
+  // copies of step i + kStages - 1 go to step i - 1's slot once its MMAs are done (wait <1>).
   for (int i = 0; i < run.n; ++i) {
-    cp_async_wait<ST - 2>();
+    cp_async_wait<kStages - 2>();
     fence_proxy_async_smem();
     __syncthreads();
-    const unsigned char* xs = smem + (i % ST) * Copier::kStageBytes;
+    const unsigned char* xs = smem + (i % kStages) * Copier::kStageBytes;
     const unsigned char* ws = xs + Copier::kXBytes;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n128k16(d, sw128_desc(xs + 32 * kk), sw128_desc(ws + 32 * kk));
     wgmma_commit();
     wgmma_wait<1>(d);
-    const int nx = i + ST - 1;
+    const int nx = i + kStages - 1;
     if (nx < run.n) {
-      copy.w(smem, nx % ST, run.s0 + nx);
-      copy.xs(smem, nx % ST, run.s0 + nx);
+      copy.w(smem, nx % kStages, run.s0 + nx);
+      copy.xs(smem, nx % kStages, run.s0 + nx);
     }
     cp_async_commit();
   }
@@ -396,7 +396,7 @@ void dispatch(const GemvArgs& a, const MmaLinearPlan& p, cudaStream_t stream) {
   if (p.wgmma) {
     static_assert(size_t(64) * red_stride<kWgBN>() * 4 <= smem_bytes<4, kWgBN>());
     // note: 6 and 8 stages (one block per SM) measured 20-50% slower per launch at 64 rows (H200).
-    return launch_kernel_plan(mma_linear_wg_kernel<OUT, kStages>, kWgThreads, smem_bytes<4, kWgBN>() + 1024, a, p,
+    return launch_kernel_plan(mma_linear_wg_kernel<OUT>, kWgThreads, smem_bytes<4, kWgBN>() + 1024, a, p,
                               stream);
   }
   const int mt = CEIL_DIV(a.rows, 16);

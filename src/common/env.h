@@ -28,6 +28,9 @@ inline constexpr const char* kCudaPdl = "MPSERVE_CUDA_PDL";
 // CUDA backend: 0 keeps cuBLASLt's heuristic algorithm for the decode GEMMs instead of timing its
 // top candidates on first use (gemm.h); default on.
 inline constexpr const char* kCudaGemmTune = "MPSERVE_CUDA_GEMM_TUNE";
+// CUDA backend: cp.async pipeline depth of decode attention, 2 or 3 (A/B runs); unset: 2 for
+// 8-warp blocks, 3 for 4-warp blocks (decode_attention.cu).
+inline constexpr const char* kCudaAttnStages = "MPSERVE_CUDA_ATTN_STAGES";
 // CUDA backend: 0 keeps decode attention on the partition path (partials merged through global
 // memory) where it would use thread-block clusters (attention.cuh); default on.
 inline constexpr const char* kCudaClusterAttention = "MPSERVE_CUDA_CLUSTER_ATTENTION";

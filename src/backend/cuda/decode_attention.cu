@@ -2,8 +2,9 @@
 // note: a block is (sequence, kv head, partition of keys: see sequence_partition); its 4 or 8
 // warps (decode_warps: 8 when the step has few (sequence, kv head) pairs) take the partition's
 // 16-key tiles round-robin and work independently: each streams its own tiles through
-// a kStages-deep cp.async pipeline in shared memory (no block barrier in the loop, 2 tiles in
-// flight per warp besides the one in use), computes S = Q K^T with mma.sync m16n8k16 (the GQA
+// a kStages-deep cp.async pipeline in shared memory (decode_stages: 2 for 8-warp blocks, 3 for
+// 4-warp ones; no block barrier in the loop, kStages - 1 tiles in flight per warp besides the
+// one in use), computes S = Q K^T with mma.sync m16n8k16 (the GQA
 // group's <= 8 query rows padded to 16), keeps an online softmax in registers (exp2, scale folded
 // in), and accumulates O^T += V^T P^T with a second mma whose B operand is P straight from the S
 // accumulators (their layout is the B layout of the transposed product, so N = 8 query heads
@@ -25,12 +26,12 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "common/env.h"
 
 namespace mpserve::backend::cuda {
 namespace {
 
 constexpr int kTile = 16;   // keys per warp step: the k extent of one P.V mma
-constexpr int kStages = 3;  // per-warp pipeline depth (tiles resident in shared memory)
 constexpr int kG = kDecodeMaxGroup;  // query heads per block = the N of the P.V mma
 static_assert(kG == 8, "the P.V mma has N = 8 query heads");
 // A lane holds the cache offset of one of its warp's tiles, so a warp has at most 32 tiles
@@ -46,18 +47,19 @@ template <int D, int W>
 constexpr size_t red_bytes() {
   return sizeof(float) * W * kG * (D + 4);
 }
-template <int D, int W>
+template <int D, int W, int S>
 constexpr size_t smem_bytes() {
-  constexpr size_t pipe = sizeof(__nv_bfloat16) * W * kStages * kStageElems<D>;
+  constexpr size_t pipe = sizeof(__nv_bfloat16) * W * S * kStageElems<D>;
   return pipe > red_bytes<D, W>() ? pipe : red_bytes<D, W>();
 }
 // Cluster mode: a block's merged partial O [kG][D] (f32) sits after the warps' outputs, in the
 // pipeline region, where its cluster peers read it.
-template <int D, int W>
+template <int D, int W, int S>
 constexpr bool cluster_fits() {
-  return red_bytes<D, W>() + sizeof(float) * kG * D <= smem_bytes<D, W>();
+  return red_bytes<D, W>() + sizeof(float) * kG * D <= smem_bytes<D, W, S>();
 }
-static_assert(cluster_fits<64, 4>() && cluster_fits<64, 8>() && cluster_fits<128, 4>() && cluster_fits<128, 8>());
+static_assert(cluster_fits<64, 4, 2>() && cluster_fits<64, 8, 2>() && cluster_fits<128, 4, 2>() &&
+              cluster_fits<128, 8, 2>());
 // Cluster mode keeps a sequence in one block while that block has at most kClusterOneBlockTiles
 // tiles per warp; beyond, it uses ceil(tiles / (kClusterMinTilesPerWarp * warps)) blocks, at most
 // the cluster. Measured on an H200 (DecodeAttentionBench partition_sweep_small_batch, batch 1, 8
@@ -112,8 +114,9 @@ __device__ __forceinline__ int sequence_partition(int kv_len, int bucket_partiti
   return max(p, bucket_partition);
 }
 
-template <int D, int W>
+template <int D, int W, int S>
 __global__ void __launch_bounds__(W * 32) decode_attention_kernel(DecodeAttentionArgs a) {
+  constexpr int kStages = S;  // per-warp pipeline depth (tiles resident in shared memory)
   constexpr int kWarps = W;
   constexpr int kThreads = W * 32;
   constexpr int kChunks = D / 8;  // 16-byte chunks per key row
@@ -364,7 +367,7 @@ __global__ void __launch_bounds__(W * 32) decode_attention_kernel(DecodeAttentio
   const int64_t part_stride = static_cast<int64_t>(a.num_tokens) * a.n_heads;
   const int64_t head_row0 = static_cast<int64_t>(tok) * a.n_heads + kvh * group;
   float* wts = reinterpret_cast<float*>(smem_raw);  // [group][num_parts], the pipeline region
-  const bool wts_fit = static_cast<size_t>(group) * num_parts * sizeof(float) <= smem_bytes<D, W>();
+  const bool wts_fit = static_cast<size_t>(group) * num_parts * sizeof(float) <= smem_bytes<D, W, S>();
   for (int q = warp; q < group; q += kWarps) {
     float mx = -INFINITY;
     for (int p = lane; p < num_parts; p += 32)
@@ -401,20 +404,20 @@ __global__ void __launch_bounds__(W * 32) decode_attention_kernel(DecodeAttentio
   }
 }
 
-template <int D, int W>
+template <int D, int W, int S>
 void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
   static bool attr_set = false;  // raise the dynamic shared-memory limit once per instantiation
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem_bytes<D, W>())));
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, W, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem_bytes<D, W, S>())));
     attr_set = true;
   }
   if (a.cluster > 1) {
-    launch_kernel_clusters(decode_attention_kernel<D, W>, dim3(a.num_tokens, a.n_kv_heads, a.cluster), dim3(W * 32),
-                           dim3(1, 1, a.cluster), smem_bytes<D, W>(), stream, a);
+    launch_kernel_clusters(decode_attention_kernel<D, W, S>, dim3(a.num_tokens, a.n_kv_heads, a.cluster), dim3(W * 32),
+                           dim3(1, 1, a.cluster), smem_bytes<D, W, S>(), stream, a);
   } else {
-    launch_kernel(decode_attention_kernel<D, W>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(W * 32),
-                  smem_bytes<D, W>(), stream, a);
+    launch_kernel(decode_attention_kernel<D, W, S>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(W * 32),
+                  smem_bytes<D, W, S>(), stream, a);
   }
 }
 
@@ -425,6 +428,19 @@ void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
 // and from 8.4/11.2/11.0 to 6.4/8.7/9.0 at ctx 2048; at batch 8 they still win with 2 kv heads (16
 // pairs: 3B ctx 2048 11.9 vs 13.5 us) but lose with 4 (7B, 32 pairs: 19.6 vs 17.0).
 int decode_warps(int num_tokens, int n_kv_heads) { return num_tokens * n_kv_heads <= 16 ? 8 : 4; }
+
+// note: the pipeline depth of 8-warp blocks is set by shared memory, not by the kernel's own
+// speed. Three stages of D = 128 take 192 KiB, more than any other kernel of a decode step, and
+// steps were slower around attention than inside it: 3B batch 1 spent 2.33 ms at ctx 512 against
+// 2.11 at 128, with every kernel of the step slower, not only attention (sixth session). Two
+// stages (128 KiB) remove most of that; measured on an H200 (bench offline, graphs, same binary):
+// 7B batch 1 4.40 -> 4.02 ms at ctx 128, 4.30 -> 4.05 at 512, 4.38 -> 4.13 at 2048; 3B batch 1
+// 2.33 -> 2.19 at ctx 512 and 2.38 -> 2.26 at 2048; 0.5B and 1.5B batch 1, 3B at ctx 128 and batch
+// 8 within +-2%. The likely mechanism: an SM switches its L1 / shared-memory carveout only when
+// drained, and forcing one carveout on every kernel (cudaFuncAttributePreferredSharedMemoryCarveout)
+// moved whole steps by up to 35% either way. 4-warp blocks (more than 16 (sequence, kv head)
+// pairs; 96 KiB at D = 128) keep three stages: two measured 1-3% slower there.
+static int decode_stages(int warps) { return warps == 8 ? 2 : 3; }
 
 // note: measured on an H200 (DecodeAttentionBench partition_sweep_small_batch and
 // cluster_sweep_mid_batch): at batch 1 clusters of 8 (3B ctx 2048: 6.5 us vs 9.7 on the partition
@@ -473,10 +489,20 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
                    (a.fixed_partition % 32 == 0 && a.fixed_partition >= a.partition_size &&
                     a.fixed_partition <= kDecodeMaxPartition));
   if (a.num_tokens == 0) return;
+  static const std::string force = env::get_string(env::kCudaAttnStages, "");
+  const int stages = force == "2" ? 2 : force == "3" ? 3 : decode_stages(w);
+  if (stages == 2) {
+    if (a.head_dim == 64) {
+      w == 8 ? launch<64, 8, 2>(a, stream) : launch<64, 4, 2>(a, stream);
+    } else {
+      w == 8 ? launch<128, 8, 2>(a, stream) : launch<128, 4, 2>(a, stream);
+    }
+    return;
+  }
   if (a.head_dim == 64) {
-    w == 8 ? launch<64, 8>(a, stream) : launch<64, 4>(a, stream);
+    w == 8 ? launch<64, 8, 3>(a, stream) : launch<64, 4, 3>(a, stream);
   } else {
-    w == 8 ? launch<128, 8>(a, stream) : launch<128, 4>(a, stream);
+    w == 8 ? launch<128, 8, 3>(a, stream) : launch<128, 4, 3>(a, stream);
   }
 }
 

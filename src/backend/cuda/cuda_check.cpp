@@ -3,6 +3,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
+#include <set>
 
 #include "common/env.h"
 
@@ -17,6 +19,17 @@ void cuda_check_failed(const char* stmt, const char* file, int line, const char*
 bool pdl_enabled() {
   static const bool enabled = env::get_string(env::kCudaPdl, "1") != "0";
   return enabled;
+}
+
+void prefer_max_shared(const void* kernel) {
+  static const bool enabled = env::get_string(env::kCudaPreferShared, "1") != "0";
+  if (!enabled) return;
+  static std::mutex mu;
+  static std::set<const void*> done;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!done.insert(kernel).second) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  cudaSharedmemCarveoutMaxShared));
 }
 
 const char* cublas_status_name(int status) {

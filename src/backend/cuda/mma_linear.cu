@@ -377,6 +377,7 @@ int tiles_for(const GemvArgs& a, int bn) {
 template <typename K>
 void launch_kernel_plan(K* kernel, int threads, size_t smem, const GemvArgs& a, const MmaLinearPlan& p,
                         cudaStream_t stream) {
+  prefer_max_shared(reinterpret_cast<const void*>(kernel));
   resident_blocks(reinterpret_cast<const void*>(kernel), threads, smem);  // raises the smem limit once
   if (p.split > 1) {
     launch_kernel_clusters(kernel, dim3(p.grid), dim3(threads), dim3(p.split), smem, stream, a, p.split);

@@ -40,6 +40,13 @@ __device__ __forceinline__ void pdl_trigger() {
 // cuda_check.cpp.
 bool pdl_enabled();
 
+// Sets `kernel`'s preferred carveout to the largest shared memory (once per kernel): for kernels
+// whose neighbours in a step use most of the shared memory (cuBLASLt GEMMs, the tensor-core
+// linears), so the SM keeps one L1 / shared-memory split across them (it changes the split only
+// when drained). MPSERVE_CUDA_PREFER_SHARED=0 leaves the driver's choice (A/B runs). Defined in
+// cuda_check.cpp.
+void prefer_max_shared(const void* kernel);
+
 namespace detail {
 // cudaLaunchKernelEx with the PDL attribute (when enabled) and, given `cluster`, thread-block clusters.
 template <typename... Params, typename... Args>

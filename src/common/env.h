@@ -32,7 +32,7 @@ inline constexpr const char* kCudaGemmTune = "MPSERVE_CUDA_GEMM_TUNE";
 // 8-warp blocks, 3 for 4-warp blocks (decode_attention.cu).
 inline constexpr const char* kCudaAttnStages = "MPSERVE_CUDA_ATTN_STAGES";
 // CUDA backend: 0 leaves the driver's shared-memory carveout for the kernels that run between
-// cuBLASLt GEMMs or tensor-core linears (pdl.cuh prefer_max_shared); default on.
+// cuBLASLt GEMMs or tensor-core linears (pdl.cuh LaunchOptions::max_shared); default on.
 inline constexpr const char* kCudaPreferShared = "MPSERVE_CUDA_PREFER_SHARED";
 // CUDA backend: 0 keeps decode attention on the partition path (partials merged through global
 // memory) where it would use thread-block clusters (attention.cuh); default on.

@@ -30,9 +30,10 @@ void silu_mul(const __nv_bfloat16* gate_up, __nv_bfloat16* out, int rows, int in
   if (rows == 0) return;
   const int64_t pairs = static_cast<int64_t>(rows) * (inter / 2);
   const int threads = 256;
-  prefer_max_shared(reinterpret_cast<const void*>(silu_mul_kernel));  // between cuBLASLt GEMMs
-  launch_kernel(silu_mul_kernel, dim3(static_cast<unsigned>(CEIL_DIV(pairs, threads))), dim3(threads), 0, stream,
-                reinterpret_cast<const __nv_bfloat162*>(gate_up), reinterpret_cast<__nv_bfloat162*>(out), pairs,
+  LaunchOptions opt;
+  opt.max_shared = true;  // only ever between cuBLASLt GEMMs
+  launch_kernel(silu_mul_kernel, dim3(static_cast<unsigned>(CEIL_DIV(pairs, threads))), dim3(threads), opt, 0,
+                stream, reinterpret_cast<const __nv_bfloat162*>(gate_up), reinterpret_cast<__nv_bfloat162*>(out), pairs,
                 inter / 2);
 }
 

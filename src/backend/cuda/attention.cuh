@@ -86,6 +86,9 @@ struct DecodeAttentionArgs {
   // Cluster mode: a sequence is split only where every block in use gets at least this many
   // 16-key tiles per warp (0: the kernel's default, kClusterMinTilesPerWarp; benchmarks vary it).
   int cluster_min_tiles = 0;
+  // The step's linears are cuBLASLt GEMMs or tensor-core linears (not GEMVs): the launch prefers
+  // the largest shared memory, as its neighbours do (pdl.cuh LaunchOptions::max_shared).
+  bool max_shared = false;
 };
 
 // Cluster size for a decode step of a batch bucket (the backend's policy): 8 up to 8 (sequence,

@@ -591,6 +591,7 @@ void CudaBackend::forward(const StepShape& s) {
         a.partial_ml = partial_ml_;
         a.counters = decode_counters_;
         a.cluster = s.cluster;
+        a.max_shared = !fused || use_mma;  // GEMV neighbours want L1; the others most shared memory
         decode_attention(a, stream_);
       } else {
         AttentionArgs a;

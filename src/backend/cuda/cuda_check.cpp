@@ -3,8 +3,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
-#include <set>
 
 #include "common/env.h"
 
@@ -21,15 +19,9 @@ bool pdl_enabled() {
   return enabled;
 }
 
-void prefer_max_shared(const void* kernel) {
+bool prefer_shared_enabled() {
   static const bool enabled = env::get_string(env::kCudaPreferShared, "1") != "0";
-  if (!enabled) return;
-  static std::mutex mu;
-  static std::set<const void*> done;
-  std::lock_guard<std::mutex> lock(mu);
-  if (!done.insert(kernel).second) return;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                  cudaSharedmemCarveoutMaxShared));
+  return enabled;
 }
 
 const char* cublas_status_name(int status) {

@@ -412,15 +412,16 @@ void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
                                     static_cast<int>(smem_bytes<D, W, S>())));
     attr_set = true;
   }
-  // note: 4-warp blocks serve steps above 16 (sequence, kv head) pairs, whose linears are cuBLASLt
-  // GEMMs or the tensor-core linears; 8-warp blocks sit between GEMVs, which want L1.
-  if constexpr (W == 4) prefer_max_shared(reinterpret_cast<const void*>(decode_attention_kernel<D, W, S>));
+  LaunchOptions opt;
+  opt.max_shared = a.max_shared;
+  const dim3 cluster(1, 1, a.cluster);
   if (a.cluster > 1) {
-    launch_kernel_clusters(decode_attention_kernel<D, W, S>, dim3(a.num_tokens, a.n_kv_heads, a.cluster), dim3(W * 32),
-                           dim3(1, 1, a.cluster), smem_bytes<D, W, S>(), stream, a);
+    opt.cluster = &cluster;
+    launch_kernel(decode_attention_kernel<D, W, S>, dim3(a.num_tokens, a.n_kv_heads, a.cluster), dim3(W * 32), opt,
+                  smem_bytes<D, W, S>(), stream, a);
   } else {
     launch_kernel(decode_attention_kernel<D, W, S>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(W * 32),
-                  smem_bytes<D, W, S>(), stream, a);
+                  opt, smem_bytes<D, W, S>(), stream, a);
   }
 }
 

@@ -377,13 +377,14 @@ int tiles_for(const GemvArgs& a, int bn) {
 template <typename K>
 void launch_kernel_plan(K* kernel, int threads, size_t smem, const GemvArgs& a, const MmaLinearPlan& p,
                         cudaStream_t stream) {
-  prefer_max_shared(reinterpret_cast<const void*>(kernel));
   resident_blocks(reinterpret_cast<const void*>(kernel), threads, smem);  // raises the smem limit once
-  if (p.split > 1) {
-    launch_kernel_clusters(kernel, dim3(p.grid), dim3(threads), dim3(p.split), smem, stream, a, p.split);
-  } else {
-    launch_kernel(kernel, dim3(p.grid), dim3(threads), smem, stream, a, 1);
-  }
+  // note: the largest shared memory: the stages take 72-96 KiB a block, and the kernel's
+  // neighbours are its add_rms_norm and other tensor-core linears.
+  const dim3 cluster(p.split);
+  LaunchOptions opt;
+  opt.cluster = p.split > 1 ? &cluster : nullptr;
+  opt.max_shared = true;
+  launch_kernel(kernel, dim3(p.grid), dim3(threads), opt, smem, stream, a, p.split);
 }
 
 template <int MT, int BN, GemvOut OUT>

@@ -40,26 +40,33 @@ __device__ __forceinline__ void pdl_trigger() {
 // cuda_check.cpp.
 bool pdl_enabled();
 
-// Sets `kernel`'s preferred carveout to the largest shared memory (once per kernel): for kernels
-// whose neighbours in a step use most of the shared memory (cuBLASLt GEMMs, the tensor-core
-// linears), so the SM keeps one L1 / shared-memory split across them (it changes the split only
-// when drained). MPSERVE_CUDA_PREFER_SHARED=0 leaves the driver's choice (A/B runs). Defined in
-// cuda_check.cpp.
-void prefer_max_shared(const void* kernel);
+// Whether launches that ask for it prefer the largest shared-memory carveout (MPSERVE_CUDA_PREFER_SHARED,
+// default on; read once). Defined in cuda_check.cpp.
+bool prefer_shared_enabled();
+
+// How a launch runs besides grid, block and shared memory.
+struct LaunchOptions {
+  const dim3* cluster = nullptr;  // thread-block clusters of this shape (sm_90; grid a multiple of it)
+  // The launch prefers the largest shared memory in the SM's L1 / shared-memory split: for kernels
+  // whose neighbours in the step use most of the shared memory (cuBLASLt GEMMs, the tensor-core
+  // linears), so the SM keeps one split across them; it changes the split only when drained. Off
+  // (the driver's choice) with MPSERVE_CUDA_PREFER_SHARED=0.
+  bool max_shared = false;
+};
 
 namespace detail {
-// cudaLaunchKernelEx with the PDL attribute (when enabled) and, given `cluster`, thread-block clusters.
+// cudaLaunchKernelEx with the PDL attribute (when enabled) and the options' attributes.
 template <typename... Params, typename... Args>
-void launch_kernel_ex(void (*kernel)(Params...), dim3 grid, dim3 block, const dim3* cluster, size_t smem,
+void launch_kernel_ex(void (*kernel)(Params...), dim3 grid, dim3 block, const LaunchOptions& opt, size_t smem,
                       cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
+  cudaLaunchAttribute attr[3];
   unsigned n = 0;
-  if (cluster != nullptr) {
+  if (const dim3* cluster = opt.cluster) {
     attr[n].id = cudaLaunchAttributeClusterDimension;
     attr[n].val.clusterDim.x = cluster->x;
     attr[n].val.clusterDim.y = cluster->y;
@@ -69,6 +76,11 @@ void launch_kernel_ex(void (*kernel)(Params...), dim3 grid, dim3 block, const di
   if (pdl_enabled()) {
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (opt.max_shared && prefer_shared_enabled()) {
+    attr[n].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+    attr[n].val.sharedMemCarveout = cudaSharedmemCarveoutMaxShared;
     ++n;
   }
   cfg.attrs = attr;
@@ -82,14 +94,14 @@ void launch_kernel_ex(void (*kernel)(Params...), dim3 grid, dim3 block, const di
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    Args&&... args) {
-  detail::launch_kernel_ex(kernel, grid, block, nullptr, smem, stream, std::forward<Args>(args)...);
+  detail::launch_kernel_ex(kernel, grid, block, LaunchOptions{}, smem, stream, std::forward<Args>(args)...);
 }
 
-// As launch_kernel, as thread-block clusters of `cluster` blocks (sm_90; grid a multiple of it).
+// As launch_kernel, with options (clusters, the shared-memory split).
 template <typename... Params, typename... Args>
-void launch_kernel_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, dim3 cluster, size_t smem,
-                            cudaStream_t stream, Args&&... args) {
-  detail::launch_kernel_ex(kernel, grid, block, &cluster, smem, stream, std::forward<Args>(args)...);
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, const LaunchOptions& opt, size_t smem,
+                   cudaStream_t stream, Args&&... args) {
+  detail::launch_kernel_ex(kernel, grid, block, opt, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace mpserve::backend::cuda

@@ -61,9 +61,11 @@ void add_rms_norm(float* residual, const float* delta, const __nv_bfloat16* weig
                   const int32_t* row_index, int rows, int hidden, float eps, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(rows >= 0 && hidden > 0 && hidden % 4 == 0);
   if (rows == 0) return;
-  prefer_max_shared(reinterpret_cast<const void*>(add_rms_norm_kernel));  // between GEMMs
-  launch_kernel(add_rms_norm_kernel, dim3(rows), dim3(kThreads), 0, stream, residual, delta, weight, out, row_index,
-                hidden, eps);
+  // note: only ever between cuBLASLt GEMMs or tensor-core linears (the GEMVs fuse their norm).
+  LaunchOptions opt;
+  opt.max_shared = true;
+  launch_kernel(add_rms_norm_kernel, dim3(rows), dim3(kThreads), opt, 0, stream, residual, delta, weight, out,
+                row_index, hidden, eps);
 }
 
 }  // namespace mpserve::backend::cuda

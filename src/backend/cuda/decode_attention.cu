@@ -493,8 +493,11 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
                    (a.fixed_partition % 32 == 0 && a.fixed_partition >= a.partition_size &&
                     a.fixed_partition <= kDecodeMaxPartition));
   if (a.num_tokens == 0) return;
-  static const std::string force = env::get_string(env::kCudaAttnStages, "");
-  const int stages = force == "2" ? 2 : force == "3" ? 3 : decode_stages(w);
+  static const int forced = [] {  // MPSERVE_CUDA_ATTN_STAGES: 2 or 3, else 0 (the policy)
+    const std::string v = env::get_string(env::kCudaAttnStages, "");
+    return v == "2" ? 2 : v == "3" ? 3 : 0;
+  }();
+  const int stages = forced > 0 ? forced : decode_stages(w);
   if (stages == 2) {
     if (a.head_dim == 64) {
       w == 8 ? launch<64, 8, 2>(a, stream) : launch<64, 4, 2>(a, stream);

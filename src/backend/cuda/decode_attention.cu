@@ -497,20 +497,12 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
     const std::string v = env::get_string(env::kCudaAttnStages, "");
     return v == "2" ? 2 : v == "3" ? 3 : 0;
   }();
-  const int stages = forced > 0 ? forced : decode_stages(w);
-  if (stages == 2) {
-    if (a.head_dim == 64) {
-      w == 8 ? launch<64, 8, 2>(a, stream) : launch<64, 4, 2>(a, stream);
-    } else {
-      w == 8 ? launch<128, 8, 2>(a, stream) : launch<128, 4, 2>(a, stream);
-    }
-    return;
-  }
-  if (a.head_dim == 64) {
-    w == 8 ? launch<64, 8, 3>(a, stream) : launch<64, 4, 3>(a, stream);
-  } else {
-    w == 8 ? launch<128, 8, 3>(a, stream) : launch<128, 4, 3>(a, stream);
-  }
+  auto with_stages = [&]<int S>() {
+    if (a.head_dim == 64) return w == 8 ? launch<64, 8, S>(a, stream) : launch<64, 4, S>(a, stream);
+    return w == 8 ? launch<128, 8, S>(a, stream) : launch<128, 4, S>(a, stream);
+  };
+  if ((forced > 0 ? forced : decode_stages(w)) == 2) return with_stages.template operator()<2>();
+  with_stages.template operator()<3>();
 }
 
 }  // namespace mpserve::backend::cuda

@@ -119,6 +119,22 @@ TEST_F(GemvBench, DISABLED_plan_sweep) {
   }
 }
 
+// Every decode linear at one row under tile heights 1, 2, 4 (gate/up: 4, 8 or 16 outputs a tile)
+// and 1..16 warps per block (the launcher's own plan first): how much of a GEMV's time is the
+// per-tile reduction and barrier, against the weight loads in flight.
+TEST_F(GemvBench, DISABLED_batch1_plan_sweep) {
+  for (const ModelShape& m : kShapes) {
+    for (const Linear& l : decode_linears(m)) {
+      if (std::string(l.name) == "lm_head") continue;
+      const std::string shape = std::string(m.name) + "_" + l.name;
+      print("gemv_b1_auto", shape, 1, api::gemv_bench(l.mode, false, 1, l.in, l.out, kRepeats));
+      for (int n_tiles : {1, 2, 4})
+        for (int warps : {1, 2, 4, 8, 16})
+          print("gemv_b1_sweep", shape, 1, api::gemv_bench(l.mode, false, 1, l.in, l.out, kRepeats, n_tiles, warps));
+    }
+  }
+}
+
 // Every linear at one row with the launcher's grid (as many blocks as stay resident) and with the
 // grid that gives every block the same number of tiles in as many rounds (ceil(tiles / rounds)):
 // the second leaves SMs partly idle in every round instead of most of them in the last one.

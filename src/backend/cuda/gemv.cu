@@ -111,7 +111,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
   constexpr int U = kLoads / NT;
   constexpr bool kSwiGlu = OUT == GemvOut::kSwiGlu;
   constexpr int kOut = outputs_per_tile<OUT>(NT);
-  static_assert(!kSwiGlu || NT % 2 == 0, "SwiGLU tiles pair gate and up n-tiles");
+  // SwiGLU tiles pair gate and up rows: n-tiles j and j + NT/2, or, with one n-tile, its rows
+  // 0..3 (gate) and 4..7 (up), i.e. lane columns 2t, 2t+1 of t < 2 (gate) and t + 2 (up).
+  static_assert(!kSwiGlu || NT == 1 || NT % 2 == 0, "SwiGLU tiles pair gate and up n-tiles");
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float ss_part[kGemvMaxRows][kMaxWarps];
   __shared__ float inv_s[kGemvMaxRows];
@@ -132,7 +134,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
   // computed and dropped).
   auto w_row = [&](int tile, int j) {
     int r;
-    if constexpr (kSwiGlu) {
+    if constexpr (kSwiGlu && NT == 1) {
+      const int o = min(tile * kOut + (g & 3), out - 1);
+      r = g < 4 ? o : out + o;
+    } else if constexpr (kSwiGlu) {
       const int o = min(tile * kOut + (j % (NT / 2)) * 8 + g, out - 1);
       r = j < NT / 2 ? o : out + o;
     } else {
@@ -164,37 +169,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
   const __nv_bfloat16* xrow;  // x row g of this lane
   if constexpr (IN == GemvIn::kRmsNorm) {
     const float* res = static_cast<const float*>(a.x);
-    // Sum of squares: `per` warps per row, rows in rounds when there are more rows than warps.
-    const int per = max(1, nw / rows);
-    const int conc = nw / per;
-    for (int r0 = 0; r0 < rows; r0 += conc) {
-      const int r = r0 + warp / per, p = warp % per;
-      if (warp < conc * per && r < rows) {
-        const float4* row = reinterpret_cast<const float4*>(res + static_cast<int64_t>(r) * in);
-        float ss = 0.f;
-#pragma unroll 4
-        for (int i = p * 32 + lane; i < in / 4; i += 32 * per) {
-          const float4 v = row[i];
-          ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        if (lane == 0) ss_part[r][p] = ss;
-      }
-    }
-    __syncthreads();
-    if (static_cast<int>(threadIdx.x) < rows) {
-      float ss = 0.f;
-      for (int p = 0; p < per; ++p) ss += ss_part[threadIdx.x][p];
-      inv_s[threadIdx.x] = rsqrtf(ss / static_cast<float>(in) + a.eps);
-    }
-    __syncthreads();
     const uint4* nw8 = reinterpret_cast<const uint4*>(a.norm_w);
-    for (int idx = threadIdx.x; idx < rows * chunks; idx += blockDim.x) {
-      const int r = idx / chunks, c = idx - r * chunks;
-      const float4* src = reinterpret_cast<const float4*>(res + static_cast<int64_t>(r) * in) + 2 * c;
-      const float4 v0 = src[0], v1 = src[1];
-      const uint4 wv = __ldg(nw8 + c);
-      const float inv = inv_s[r];
+    // bf16(v * inv * w) of one 16-byte chunk of x: residual values v0, v1, norm weights wv.
+    auto norm_chunk = [](float4 v0, float4 v1, uint4 wv, float inv) {
       const float2 w0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&wv.x));
       const float2 w1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&wv.y));
       const float2 w2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&wv.z));
@@ -204,7 +181,59 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
       o.y = pack_bf16(v0.z * inv * w1.x, v0.w * inv * w1.y);
       o.z = pack_bf16(v1.x * inv * w2.x, v1.y * inv * w2.y);
       o.w = pack_bf16(v1.z * inv * w3.x, v1.w * inv * w3.y);
-      *reinterpret_cast<uint4*>(xs + r * xs_stride + 8 * c) = o;
+      return o;
+    };
+    if (rows == 1 && chunks <= static_cast<int>(blockDim.x)) {
+      // One row, at most one chunk per thread (every batch-1 shape): the residual is read once and
+      // kept in registers through the reduction, and every thread sums the warps' partials itself
+      // (same order everywhere): one barrier and one dependent read fewer than the general path.
+      const int c = threadIdx.x;
+      float4 v0 = make_float4(0.f, 0.f, 0.f, 0.f), v1 = v0;
+      uint4 wv = make_uint4(0u, 0u, 0u, 0u);
+      if (c < chunks) {
+        const float4* src = reinterpret_cast<const float4*>(res) + 2 * c;
+        v0 = src[0], v1 = src[1];
+        wv = __ldg(nw8 + c);
+      }
+      float ss = v0.x * v0.x + v0.y * v0.y + v0.z * v0.z + v0.w * v0.w + v1.x * v1.x + v1.y * v1.y + v1.z * v1.z +
+                 v1.w * v1.w;
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) ss_part[0][warp] = ss;
+      __syncthreads();
+      float tot = 0.f;
+      for (int p = 0; p < nw; ++p) tot += ss_part[0][p];
+      if (c < chunks)
+        *reinterpret_cast<uint4*>(xs + 8 * c) = norm_chunk(v0, v1, wv, rsqrtf(tot / static_cast<float>(in) + a.eps));
+    } else {
+      // Sum of squares: `per` warps per row, rows in rounds when there are more rows than warps.
+      const int per = max(1, nw / rows);
+      const int conc = nw / per;
+      for (int r0 = 0; r0 < rows; r0 += conc) {
+        const int r = r0 + warp / per, p = warp % per;
+        if (warp < conc * per && r < rows) {
+          const float4* row = reinterpret_cast<const float4*>(res + static_cast<int64_t>(r) * in);
+          float ss = 0.f;
+#pragma unroll 4
+          for (int i = p * 32 + lane; i < in / 4; i += 32 * per) {
+            const float4 v = row[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+          }
+          for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+          if (lane == 0) ss_part[r][p] = ss;
+        }
+      }
+      __syncthreads();
+      if (static_cast<int>(threadIdx.x) < rows) {
+        float ss = 0.f;
+        for (int p = 0; p < per; ++p) ss += ss_part[threadIdx.x][p];
+        inv_s[threadIdx.x] = rsqrtf(ss / static_cast<float>(in) + a.eps);
+      }
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < rows * chunks; idx += blockDim.x) {
+        const int r = idx / chunks, c = idx - r * chunks;
+        const float4* src = reinterpret_cast<const float4*>(res + static_cast<int64_t>(r) * in) + 2 * c;
+        *reinterpret_cast<uint4*>(xs + r * xs_stride + 8 * c) = norm_chunk(src[0], src[1], __ldg(nw8 + c), inv_s[r]);
+      }
     }
     __syncthreads();
     xrow = xs + g * xs_stride;
@@ -256,26 +285,32 @@ __global__ void __launch_bounds__(kMaxWarps * 32, NT == 4 ? 1 : 2) gemv_kernel(G
 #pragma unroll
     for (int j = 0; j < NT; ++j) rb[(warp * NT + j) * 32 + lane] = make_float2(acc[j][0], acc[j][1]);
     __syncthreads();  // note: the next tile writes the other half of `red`, so one barrier per tile
-    constexpr int kEpi = kSwiGlu ? NT / 2 : NT;
-    // note: a block may have fewer warps than epilogue n-tiles (a small `in`): loop.
-    for (int e = threadIdx.x; e < kEpi * 32; e += blockDim.x) {
-      const int j = e >> 5, l = e & 31, r = l >> 2;
-      const int o = tile * kOut + j * 8 + 2 * (l & 3);
-      if (r < rows && o < out) {  // out is even: o + 1 < out too
-        float2 s = rb[j * 32 + l];
-        for (int w = 1; w < nw; ++w) {
-          const float2 v = rb[(w * NT + j) * 32 + l];
-          s.x += v.x, s.y += v.y;
+    // Sum over the warps, in warp order, of lane l's pair of n-tile j.
+    auto reduced = [&](int j, int l) {
+      float2 s = rb[j * 32 + l];
+      for (int w = 1; w < nw; ++w) {
+        const float2 v = rb[(w * NT + j) * 32 + l];
+        s.x += v.x, s.y += v.y;
+      }
+      return s;
+    };
+    if constexpr (kSwiGlu && NT == 1) {
+      // One n-tile: lanes (r, t < 2) own gate columns 2t, 2t+1; the up pair is lane (r, t + 2).
+      for (int e = threadIdx.x; e < 16; e += blockDim.x) {
+        const int r = e >> 1, l = r * 4 + (e & 1);
+        const int o = tile * kOut + 2 * (e & 1);
+        if (r < rows && o < out) linear_store<OUT>(a, r, o, reduced(0, l), reduced(0, l + 2));
+      }
+    } else {
+      constexpr int kEpi = kSwiGlu ? NT / 2 : NT;
+      // note: a block may have fewer warps than epilogue n-tiles (a small `in`): loop.
+      for (int e = threadIdx.x; e < kEpi * 32; e += blockDim.x) {
+        const int j = e >> 5, l = e & 31, r = l >> 2;
+        const int o = tile * kOut + j * 8 + 2 * (l & 3);
+        if (r < rows && o < out) {  // out is even: o + 1 < out too
+          const float2 up = kSwiGlu ? reduced(j + NT / 2, l) : make_float2(0.f, 0.f);
+          linear_store<OUT>(a, r, o, reduced(j, l), up);
         }
-        float2 up = make_float2(0.f, 0.f);
-        if constexpr (kSwiGlu) {
-          up = rb[(j + NT / 2) * 32 + l];
-          for (int w = 1; w < nw; ++w) {
-            const float2 v = rb[(w * NT + j + NT / 2) * 32 + l];
-            up.x += v.x, up.y += v.y;
-          }
-        }
-        linear_store<OUT>(a, r, o, s, up);
       }
     }
   }
@@ -301,9 +336,7 @@ template <typename F>
 void dispatch(GemvIn in_mode, GemvOut out_mode, int n_tiles, F&& f) {
   auto tiles = [&]<GemvIn IN, GemvOut OUT>() {
     switch (n_tiles) {
-      case 1:
-        if constexpr (OUT != GemvOut::kSwiGlu) return f.template operator()<IN, OUT, 1>();
-        break;
+      case 1: return f.template operator()<IN, OUT, 1>();
       case 2: return f.template operator()<IN, OUT, 2>();
       case 4: return f.template operator()<IN, OUT, 4>();
       default: break;
@@ -335,16 +368,23 @@ GemvPlan gemv_plan(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int n_ti
   const bool swiglu = out_mode == GemvOut::kSwiGlu;
   const int min_nt = swiglu ? 2 : 1;
   const int sms = device_sms();
-  int nt = a.rows >= 5 ? 4 : a.rows >= 3 ? 2 : 1;
-  nt = std::max(nt, min_nt);
+  int nt = std::max(a.rows >= 5 ? 4 : a.rows >= 3 ? 2 : 1, min_nt);
   auto tiles = [&](int n) { return CEIL_DIV(a.out, swiglu ? 4 * n : 8 * n); };
   while (nt > min_nt && tiles(nt) < sms) nt /= 2;
+  // note: gate/up at 1..2 rows of hidden 1536..2048 (1.5B, 3B) runs tiles of one n-tile (4 gate
+  // + 4 up rows) in 8-warp blocks, four resident per SM: 4.6-6.5% shorter batch-1 steps than two
+  // n-tiles in 16-warp blocks (H200, bench offline). Alone, one n-tile in 16-warp blocks was
+  // slower (per-tile barrier and reduction twice as often); hidden 896 (0.5B) is best with two
+  // n-tiles in 8-warp blocks, hidden 3584 (7B, 56 items along `in`) with 14 warps.
+  const bool small_swiglu = swiglu && a.rows <= 2 && a.in <= 2048;
+  if (small_swiglu && a.in >= 1536) nt = 1;
   if (n_tiles > 0) nt = n_tiles;
   const int u = kLoads / nt;
   const int kblocks = CEIL_DIV(a.in / 8, 4 * u);
+  const int max_warps = small_swiglu ? 8 : kMaxWarps;
   GemvPlan p;
   p.n_tiles = nt;
-  p.warps = warps > 0 ? warps : CEIL_DIV(kblocks, CEIL_DIV(kblocks, kMaxWarps));
+  p.warps = warps > 0 ? warps : CEIL_DIV(kblocks, CEIL_DIV(kblocks, max_warps));
   CUDA_SHAPE_CHECK(p.warps <= kMaxWarps);
   dispatch(in_mode, out_mode, p.n_tiles, [&]<GemvIn IN, GemvOut OUT, int NT>() { p.grid = grid_for<IN, OUT, NT>(a, p); });
   return p;

@@ -51,7 +51,7 @@ struct GemvArgs {
 // the `warps` warps of a block split `in` and reduce in shared memory; `grid` blocks loop over
 // the tiles.
 struct GemvPlan {
-  int n_tiles = 0;  // 1, 2 or 4 (kSwiGlu: 2 or 4)
+  int n_tiles = 0;  // 1, 2 or 4 (kSwiGlu, one n-tile: rows 0..3 gate, 4..7 up)
   int warps = 0;    // 1..16
   int grid = 0;     // filled in by gemv_plan / gemv
 };

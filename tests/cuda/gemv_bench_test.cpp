@@ -135,6 +135,19 @@ TEST_F(GemvBench, DISABLED_batch1_plan_sweep) {
   }
 }
 
+// The LM head (RMSNorm + vocab GEMV) at one row: tile heights 1, 2, 4 x 4, 8, 16 warps around the
+// launcher's plan (its 18,992 one-n-tile tiles loop ~72 times over the resident blocks).
+TEST_F(GemvBench, DISABLED_lm_head_plan_sweep) {
+  for (const ModelShape& m : kShapes) {
+    const std::string shape = std::string(m.name) + "_lm_head";
+    print("gemv_lm_auto", shape, 1, api::gemv_bench(api::GemvMode::kNormF32, false, 1, m.hidden, kVocab, kRepeats));
+    for (int n_tiles : {1, 2, 4})
+      for (int warps : {4, 8, 16})
+        print("gemv_lm_sweep", shape, 1,
+              api::gemv_bench(api::GemvMode::kNormF32, false, 1, m.hidden, kVocab, kRepeats, n_tiles, warps));
+  }
+}
+
 // Every linear at one row with the launcher's grid (as many blocks as stay resident) and with the
 // grid that gives every block the same number of tiles in as many rounds (ceil(tiles / rounds)):
 // the second leaves SMs partly idle in every round instead of most of them in the last one.

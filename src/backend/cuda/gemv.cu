@@ -385,6 +385,13 @@ GemvPlan gemv_plan(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, int n_ti
   GemvPlan p;
   p.n_tiles = nt;
   p.warps = warps > 0 ? warps : CEIL_DIV(kblocks, CEIL_DIV(kblocks, max_warps));
+  // note: a long GEMV (the LM head: each resident block loops over dozens of tiles) is bound by
+  // the warps resident per SM, 32 at 64 registers: blocks of 9..15 warps leave some of them out
+  // (1.5B's 12-item rows: two blocks of 12 warps). 8-warp blocks, four per SM, took the 1.5B LM
+  // head at one row from 138 to 119 us on an H200 (GemvBench lm_head_plan_sweep); 3B's 16 warps
+  // already fill the SM, and 7B's 28 items measured best at 14.
+  const bool long_gemv = tiles(nt) >= 16 * 2 * sms;
+  if (warps <= 0 && long_gemv && kblocks <= 16 && p.warps > 8 && 32 % p.warps != 0) p.warps = 8;
   CUDA_SHAPE_CHECK(p.warps <= kMaxWarps);
   dispatch(in_mode, out_mode, p.n_tiles, [&]<GemvIn IN, GemvOut OUT, int NT>() { p.grid = grid_for<IN, OUT, NT>(a, p); });
   return p;

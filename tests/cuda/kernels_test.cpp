@@ -362,16 +362,14 @@ void check_gemv(std::mt19937& rng, ThreadPool& pool, int rows, int in, int out, 
             kBf16Tol)
       << what;
   // RMSNorm prologue, SwiGLU epilogue over [gate; up].
-  {
-    std::vector<float> gu(size_t(rows) * 2 * out), act(size_t(rows) * out);
-    cpu::linear(normed.data(), f32_view(w, {2 * out, in}), model::TensorView{}, gu.data(), rows, pool);
-    cpu::silu_mul(gu.data(), act.data(), rows, out);
-    EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormSwiGlu, res, nw, w, {}, rows, in, out, 1e-6f, n_tiles, warps,
-                                grid, mma, bn, split),
-                      act),
-              kBf16Tol)
-        << what;
-  }
+  std::vector<float> gu(size_t(rows) * 2 * out), act(size_t(rows) * out);
+  cpu::linear(normed.data(), f32_view(w, {2 * out, in}), model::TensorView{}, gu.data(), rows, pool);
+  cpu::silu_mul(gu.data(), act.data(), rows, out);
+  EXPECT_LT(rel_err(api::gemv(api::GemvMode::kNormSwiGlu, res, nw, w, {}, rows, in, out, 1e-6f, n_tiles, warps, grid,
+                              mma, bn, split),
+                    act),
+            kBf16Tol)
+      << what;
   // bf16 input: residual-add epilogue and plain f32 store.
   auto x = round_bf16(random_vec(size_t(rows) * in, rng));
   auto y0 = random_vec(size_t(rows) * out, rng);

@@ -412,17 +412,15 @@ void launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
                                     static_cast<int>(smem_bytes<D, W, S>())));
     attr_set = true;
   }
-  LaunchOptions opt;
-  opt.max_shared = a.max_shared;
+  // Cluster mode: the grid's z is the cluster (one cluster per (sequence, kv head)); else the
+  // bucket's partitions.
   const dim3 cluster(1, 1, a.cluster);
-  if (a.cluster > 1) {
-    opt.cluster = &cluster;
-    launch_kernel(decode_attention_kernel<D, W, S>, dim3(a.num_tokens, a.n_kv_heads, a.cluster), dim3(W * 32), opt,
-                  smem_bytes<D, W, S>(), stream, a);
-  } else {
-    launch_kernel(decode_attention_kernel<D, W, S>, dim3(a.num_tokens, a.n_kv_heads, a.max_partitions), dim3(W * 32),
-                  opt, smem_bytes<D, W, S>(), stream, a);
-  }
+  LaunchOptions opt;
+  opt.cluster = a.cluster > 1 ? &cluster : nullptr;
+  opt.max_shared = a.max_shared;
+  launch_kernel(decode_attention_kernel<D, W, S>,
+                dim3(a.num_tokens, a.n_kv_heads, a.cluster > 1 ? a.cluster : a.max_partitions), dim3(W * 32), opt,
+                smem_bytes<D, W, S>(), stream, a);
 }
 
 }  // namespace

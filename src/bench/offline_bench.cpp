@@ -56,6 +56,12 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
     got_first[id] = false;
   }
   const backend::Backend& be = eng.backend();
+  // note: with async scheduling a step() call collects the step the previous call launched and
+  // launches the next, so its time is the previous launch's step: that is the one to classify (the
+  // launched one made the first all-decode call absorb the last, long prefill step).
+  const bool async = eng.options().async_scheduling;
+  backend::StepTimings prev_launch;
+  bool prev_decode_phase = false;
   RunStats st;
   int firsts = 0;
   int64_t generated_total = 0;  // tokens generated so far, all requests
@@ -71,7 +77,11 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
     // step counts only when the backend reports a decode-only step of all B sequences (backends
     // without timings: every step after the last first token).
     const backend::StepTimings tm = be.last_step_timings();
-    const bool full_decode = tm.valid ? (tm.decode_only && tm.num_seqs == batch) : decode_phase;
+    const backend::StepTimings& timed = async ? prev_launch : tm;  // the step this call waited for
+    const bool full_decode = tm.valid ? (timed.valid && timed.decode_only && timed.num_seqs == batch)
+                                      : (async ? prev_decode_phase : decode_phase);
+    prev_launch = tm;
+    prev_decode_phase = decode_phase;
     if (full_decode) {
       ++st.decode_steps;
       // A decode step of request r reads its prompt plus the tokens generated before the step.

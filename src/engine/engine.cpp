@@ -2,8 +2,9 @@
 //
 // Async scheduling pipelines two steps: with step t in flight, step() pays the injected host
 // cost, schedules and builds step t+1 against the state step t will leave (advance() ran at
-// launch), then collects t, writes its tokens over the placeholders, post-processes, drops from
-// t+1 what finished at t, and launches t+1. The device idles only between collect and launch.
+// launch), then collects t, writes its tokens over the placeholders, finishes what they end,
+// drops that from t+1, and launches t+1; the text and outputs of the sequences that go on are
+// made while t+1 runs. The device idles only between collect and launch.
 #include "engine/engine.h"
 
 #include <algorithm>
@@ -101,7 +102,12 @@ struct Engine::Impl {
   void launch(StepPlan plan);
   void advance(StepPlan& plan);
   void post_process(const StepPlan& plan, const backend::StepOutput& result, std::vector<RequestOutput>* outputs,
-                    std::vector<uint64_t>* finished_ids);
+                    std::vector<uint64_t>* finished_ids, std::vector<size_t>* deferred = nullptr);
+  void post_process_deferred(const StepPlan& plan, const std::vector<size_t>& deferred,
+                             std::vector<RequestOutput>* outputs);
+  bool can_finish(const Sequence& seq, int32_t token) const;
+  bool push_text(Sequence& seq, int32_t token);
+  void append_text(Sequence& seq, int32_t token);
   bool in_flight_holds(const Sequence* seq, int32_t* token_index) const;
   void on_sampled(Sequence& seq, int32_t token);
   void finish(Sequence& seq, FinishReason reason, bool release_text);
@@ -193,6 +199,27 @@ void Engine::Impl::finish(Sequence& seq, FinishReason reason, bool release_text)
   seq.finish_reason = reason;
 }
 
+// Whether `token` can end `seq` at this step: an EOS or stop id, the last token by length, or any
+// token of a request with stop strings (its text decides).
+bool Engine::Impl::can_finish(const Sequence& seq, int32_t token) const {
+  const auto& r = seq.request;
+  if (!r.stop.empty()) return true;
+  if (!r.ignore_eos && std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end()) return true;
+  if (std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end()) return true;
+  return seq.num_generated() >= r.max_tokens || seq.num_tokens() >= opts.backend.max_model_len;
+}
+
+// The token's text, through the stop matcher into out_text; whether a stop string matched.
+bool Engine::Impl::push_text(Sequence& seq, int32_t token) {
+  bool hit = false;
+  // note: through a reused scratch string: at batch 256 a string per token and step was a
+  // measurable share of the host time between device steps (EngineHostBench).
+  text_scratch.clear();
+  seq.detok.push_to(token, &text_scratch);
+  seq.stop_matcher.feed_to(text_scratch, &seq.out_text, &hit);
+  return hit;
+}
+
 void Engine::Impl::on_sampled(Sequence& seq, int32_t token) {
   seq.out_tokens.push_back(token);
   ++stats.generation_tokens_total;
@@ -204,17 +231,19 @@ void Engine::Impl::on_sampled(Sequence& seq, int32_t token) {
     finish(seq, FinishReason::kStop, /*release_text=*/true);
     return;
   }
-  bool hit = false;
-  // note: through a reused scratch string: at batch 256 a string per token and step was a
-  // measurable share of the host time between device steps (EngineHostBench).
-  text_scratch.clear();
-  seq.detok.push_to(token, &text_scratch);
-  seq.stop_matcher.feed_to(text_scratch, &seq.out_text, &hit);
-  if (hit) {
+  if (push_text(seq, token)) {
     finish(seq, FinishReason::kStop, /*release_text=*/false);
   } else if (seq.num_generated() >= r.max_tokens || seq.num_tokens() >= opts.backend.max_model_len) {
     finish(seq, FinishReason::kLength, /*release_text=*/true);
   }
+}
+
+// on_sampled for a token that cannot finish its sequence (!can_finish): its output and text.
+void Engine::Impl::append_text(Sequence& seq, int32_t token) {
+  seq.out_tokens.push_back(token);
+  ++stats.generation_tokens_total;
+  const bool hit = push_text(seq, token);
+  MPS_CHECK_MSG(!hit, "seq {}: a stop string matched in a request without stop strings", seq.id);
 }
 
 RequestOutput Engine::Impl::take_output(Sequence& seq) {
@@ -278,8 +307,12 @@ void Engine::Impl::advance(StepPlan& plan) {
 // Writes the step's sampled tokens, offers completed blocks to the prefix cache and checks stop
 // conditions. In async mode a sequence may since have been aborted (skipped: already reported)
 // or preempted while the next step was scheduled (it still gets its token).
+// deferred (async steps): entries whose token cannot finish their sequence (no EOS or stop id, not
+// the last by length, no stop strings) get only their token (and logits) written here; their text
+// and output come from post_process_deferred() after the next step is launched, in its device time.
 void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput& result,
-                                std::vector<RequestOutput>* outputs, std::vector<uint64_t>* finished_ids) {
+                                std::vector<RequestOutput>* outputs, std::vector<uint64_t>* finished_ids,
+                                std::vector<size_t>* deferred) {
   const size_t num_sampled = std::count_if(plan.scheduled.begin(), plan.scheduled.end(),
                                            [](const ScheduledSeq& s) { return s.sample; });
   MPS_CHECK_MSG(result.tokens.size() == num_sampled, "backend returned {} tokens for {} sampled entries",
@@ -302,6 +335,10 @@ void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput&
     const int32_t token = result.tokens[row];
     seq.tokens[plan.token_index[i]] = token;
     seq.final_token_pending = false;
+    if (deferred && !can_finish(seq, token)) {
+      deferred->push_back(i);
+      continue;
+    }
     on_sampled(seq, token);
     outputs->push_back(take_output(seq));
     if (seq.finished()) {
@@ -309,6 +346,21 @@ void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput&
       scheduler.remove(&seq);
       finished_ids->push_back(seq.id);
     }
+  }
+}
+
+// The text part of post_process for the entries it deferred, in plan order. The sequences have
+// since been advanced by the next step (a placeholder past the token): nothing here reads their
+// length; completion_tokens is the count at the deferred step.
+void Engine::Impl::post_process_deferred(const StepPlan& plan, const std::vector<size_t>& deferred,
+                                         std::vector<RequestOutput>* outputs) {
+  outputs->reserve(outputs->size() + deferred.size());
+  for (size_t i : deferred) {
+    Sequence& seq = *plan.scheduled[i].seq;
+    append_text(seq, seq.tokens[plan.token_index[i]]);
+    RequestOutput o = take_output(seq);
+    o.completion_tokens = plan.token_index[i] + 1 - seq.num_prompt_tokens;
+    outputs->push_back(std::move(o));
   }
 }
 
@@ -374,10 +426,13 @@ std::vector<RequestOutput> Engine::Impl::step_async(Clock::time_point t0) {
     stats.async_overlap_ms_total += stats.async_overlap_last_ms;
     stats.async_collect_wait_ms_total += ms_between(t_collect, t_collected);
 
+    // Tokens, finishes and the outputs of finishing sequences now; the text of the others once
+    // step t+1 is on the device (their token cannot end them, so t+1 is theirs either way).
     std::vector<uint64_t> finished_ids;
-    post_process(*in_flight, result, &outputs, &finished_ids);
+    std::vector<size_t> deferred;
+    StepPlan done = std::move(*in_flight);
     in_flight.reset();
-    retired.clear();
+    post_process(done, result, &outputs, &finished_ids, &deferred);
     // What finished at the collected step was scheduled optimistically: take it out again.
     size_t kept = 0;
     for (size_t i = 0; i < next.scheduled.size(); ++i) {
@@ -392,6 +447,8 @@ std::vector<RequestOutput> Engine::Impl::step_async(Clock::time_point t0) {
 
     if (!next.empty()) launch(std::move(next));
     stats.async_gap_ms_total += ms_between(t_collected, Clock::now());
+    post_process_deferred(done, deferred, &outputs);
+    retired.clear();
   } else {
     stats.async_overlap_last_ms = 0;
     if (!next.empty()) launch(std::move(next));

@@ -6,7 +6,8 @@
 # Usage: tools/gpu/bench_offline.sh [PACK_DIR]   (default gpu-pack, from tools/gpu/pack.sh)
 # Environment: MODELS (default "0.5b 1.5b 3b 7b"), BATCHES, INPUT_LENS, OUTPUT_LEN, REPEATS,
 # PROFILE_MODELS (default "0.5b 7b"), PROFILE_BATCHES (default 1,256), PROFILE_INPUT_LENS (default
-# 512), MODEL_ROOT (default /tmp/mpserve-models), KEEP_7B (default 0: the 7B model is deleted).
+# 512), MODEL_ROOT (default /tmp/mpserve-models), KEEP_7B (default 0: the 7B model is deleted),
+# FLAGS (extra `bench offline` flags for every row, e.g. "--async-scheduling"; default none).
 set -uo pipefail
 PACK=${1:-gpu-pack}
 OUT=${OUT:-/tmp/bench-offline}
@@ -46,7 +47,8 @@ for m in $MODELS; do
     olen=$(( OUTPUT_LEN + b * maxl / 2048 ))
     "$BIN" bench offline --model "$dir" --device cuda --max-num-seqs 256 --max-num-batched-tokens 2048 \
       --max-model-len $(( maxl + olen + 16 )) --batch "$b" --input-len "$INPUT_LENS" --output-len "$olen" \
-      --repeats "$REPEATS" --warmup 1 >>"$OUT/bench_$m.log" 2>&1 || echo "bench $m b=$b failed (see $OUT/bench_$m.log)"
+      --repeats "$REPEATS" --warmup 1 ${FLAGS:-} >>"$OUT/bench_$m.log" 2>&1 ||
+      echo "bench $m b=$b failed (see $OUT/bench_$m.log)"
   done
   if [[ " $PROFILE_MODELS " == *" $m "* ]]; then
     "$BIN" bench offline --model "$dir" --device cuda --max-num-seqs 256 --max-num-batched-tokens 2048 \

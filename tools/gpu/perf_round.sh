@@ -11,7 +11,8 @@
 #   VARIANTS     ';'-separated env settings, each run for every row (default "" = one plain run),
 #                e.g. "MPSERVE_CUDA_PDL=0;MPSERVE_CUDA_PDL=1"; a variant "bin:NAME" runs PACK_DIR/NAME
 #                instead of PACK_DIR/mpserve (A/B of two builds on one machine, e.g. a baseline
-#                binary copied into the pack as mpserve_base)
+#                binary copied into the pack as mpserve_base); a variant "args:FLAGS" adds FLAGS to the
+#                bench command line (e.g. "args:--async-scheduling")
 #   REPEATS      bench repeats (default 3); PROFILE=1 adds a --profile pass of the first row
 #   MODEL_ROOT   where the random models are made (default /tmp/mpserve-models)
 # Every bench line goes to $OUT/offline.log prefixed by "model variant"; a table ends the output.
@@ -62,12 +63,13 @@ for step in $STEPS; do
           IFS=: read -r b in olen <<<"$row"
           for v in "${variants[@]}"; do
             stamp "bench $m b=$b in=$in out=$olen [$v]"
-            bin=$BIN envs=${v/plain/}
+            bin=$BIN envs=${v/plain/} args=""
             if [[ $v == bin:* ]]; then bin="$PACK/${v#bin:}" envs=""; fi
+            if [[ $v == args:* ]]; then args=${v#args:} envs=""; fi
             # shellcheck disable=SC2086
             env $envs "$bin" bench offline --model "$dir" --device cuda --max-num-seqs 256 \
               --max-num-batched-tokens 2048 --max-model-len $((in + olen + 16)) --batch "$b" --input-len "$in" \
-              --output-len "$olen" --repeats "$REPEATS" --warmup 1 >"$OUT/run.log" 2>&1 || echo "bench failed"
+              --output-len "$olen" --repeats "$REPEATS" --warmup 1 $args >"$OUT/run.log" 2>&1 || echo "bench failed"
             grep -E '^(bench_offline|ceilings):' "$OUT/run.log" | sed "s|^|$m [$v] |" | tee -a "$OUT/offline.log"
             cat "$OUT/run.log" >>"$OUT/offline_full.log"
           done

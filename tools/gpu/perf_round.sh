@@ -13,6 +13,7 @@
 #                instead of PACK_DIR/mpserve (A/B of two builds on one machine, e.g. a baseline
 #                binary copied into the pack as mpserve_base); a variant "args:FLAGS" adds FLAGS to the
 #                bench command line (e.g. "args:--async-scheduling")
+#   ARGS         extra bench flags for every variant (e.g. "--async-scheduling"; default none)
 #   REPEATS      bench repeats (default 3); PROFILE=1 adds a --profile pass of the first row
 #   MODEL_ROOT   where the random models are made (default /tmp/mpserve-models)
 # Every bench line goes to $OUT/offline.log prefixed by "model variant"; a table ends the output.
@@ -63,9 +64,9 @@ for step in $STEPS; do
           IFS=: read -r b in olen <<<"$row"
           for v in "${variants[@]}"; do
             stamp "bench $m b=$b in=$in out=$olen [$v]"
-            bin=$BIN envs=${v/plain/} args=""
+            bin=$BIN envs=${v/plain/} args=${ARGS:-}
             if [[ $v == bin:* ]]; then bin="$PACK/${v#bin:}" envs=""; fi
-            if [[ $v == args:* ]]; then args=${v#args:} envs=""; fi
+            if [[ $v == args:* ]]; then args="${ARGS:-} ${v#args:}" envs=""; fi
             # shellcheck disable=SC2086
             env $envs "$bin" bench offline --model "$dir" --device cuda --max-num-seqs 256 \
               --max-num-batched-tokens 2048 --max-model-len $((in + olen + 16)) --batch "$b" --input-len "$in" \

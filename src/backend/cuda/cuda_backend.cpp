@@ -716,7 +716,15 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
                   e.block_table.size());
     MPS_CHECK_MSG(static_cast<int>(e.block_table.size()) <= max_blocks_, "sequence {}: {} blocks exceed max_model_len",
                   e.seq_id, e.block_table.size());
-    for (int32_t b : e.block_table) MPS_CHECK_MSG(b >= 0 && b < num_blocks_, "KV block id {} out of range", b);
+    // note: one branch-free pass over the table (min / max), then a memcpy below: at batch 256 and
+    // context 2048 the tables hold ~37k ids, and a check per id plus an element-wise copy cost
+    // ~65 us of host time per step, in the device's idle gap between steps.
+    const int32_t* bt = e.block_table.data();
+    const size_t nb = e.block_table.size();
+    int32_t lo = 0, hi = 0;
+    if (nb > 0) lo = hi = bt[0];
+    for (size_t j = 1; j < nb; ++j) lo = std::min(lo, bt[j]), hi = std::max(hi, bt[j]);
+    MPS_CHECK_MSG(lo >= 0 && hi < num_blocks_, "KV block id {} out of range", lo < 0 ? lo : hi);
     for (int j = 0; j < n; ++j) {
       const int32_t p = e.context_len + j;
       tok[t + j] = e.tokens[size_t(j)];
@@ -727,7 +735,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
       int32_t* it = items + 4 * n_items++;
       it[0] = i, it[1] = t + j0, it[2] = std::min(tokens_per_item_, n - j0), it[3] = 0;
     }
-    std::copy(e.block_table.begin(), e.block_table.end(), tables + size_t(i) * size_t(max_blocks_));
+    if (nb > 0) std::memcpy(tables + size_t(i) * size_t(max_blocks_), bt, nb * sizeof(int32_t));
     if (e.sample) {
       rows[n_sampled] = t + n - 1;
       SampleParamsDev& sp = params[n_sampled++];

@@ -23,6 +23,7 @@ struct RunStats {
   double host_us_sum = 0;     // decode steps only
   double backend_us_sum = 0;  // of host_us_sum: inside the backend
   double enqueue_us_sum = 0;  // of backend_us_sum: the CUDA calls that enqueue the step
+  double gap_us_sum = 0;      // async: of host_us_sum, between collect and the next launch
   int64_t host_steps = 0;
   double decode_ctx_sum = 0;  // mean keys per sequence read by each counted decode step, summed
 };
@@ -69,9 +70,11 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
   auto t_prefilled = t0;
   while (eng.has_unfinished()) {
     const bool decode_phase = firsts == batch;
+    const double gap0 = eng.stats().async_gap_ms_total;
     const auto s0 = Clock::now();
     const std::vector<engine::RequestOutput> outs = eng.step();
     const auto s1 = Clock::now();
+    const double gap_us = (eng.stats().async_gap_ms_total - gap0) * 1e3;
     // note: with chunked prefill the engine decodes early sequences while later ones prefill, so
     // "every request has its first token" does not mean B sequences decode together. A decode
     // step counts only when the backend reports a decode-only step of all B sequences (backends
@@ -91,6 +94,7 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
         st.host_us_sum += seconds(s1 - s0) * 1e6 - tm.wait_us;
         st.backend_us_sum += tm.host_us;
         st.enqueue_us_sum += tm.enqueue_us;
+        st.gap_us_sum += gap_us;
         ++st.host_steps;
       }
     }
@@ -164,7 +168,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
         MPS_ASSIGN_OR_RETURN(RunStats ignored, run_once(eng, vocab, batch, std::min(len, 16), o.output_len, ++run_seed));
         (void)ignored;
       }
-      std::vector<double> pf, dt, ds, host, backend_host, enqueue, ctxs;
+      std::vector<double> pf, dt, ds, host, backend_host, enqueue, gap, ctxs;
       for (int rep = 0; rep < o.repeats; ++rep) {
         MPS_ASSIGN_OR_RETURN(RunStats st, run_once(eng, vocab, batch, len, o.output_len, ++run_seed));
         pf.push_back(double(batch) * len / st.prefill_s);
@@ -177,6 +181,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           host.push_back(st.host_us_sum / double(st.host_steps));
           backend_host.push_back(st.backend_us_sum / double(st.host_steps));
           enqueue.push_back(st.enqueue_us_sum / double(st.host_steps));
+          gap.push_back(st.gap_us_sum / double(st.host_steps));
         }
         std::fprintf(out, "  run batch=%d input_len=%d rep=%d prefill_s=%.4f decode_s=%.4f decode_steps=%lld\n",
                      batch, len, rep, st.prefill_s, st.decode_s, static_cast<long long>(st.decode_steps));
@@ -190,6 +195,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
         r.host_us_per_step = median(host);
         r.backend_host_us_per_step = median(backend_host);
         r.enqueue_us_per_step = median(enqueue);
+        if (eng.options().async_scheduling) r.gap_us_per_step = median(gap);
       }
       // Mean keys per sequence over the counted decode steps (with chunked prefill those are the
       // last ones, not L + O/2); without any, the mean over L + 1 ... L + O - 1.
@@ -226,7 +232,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           "prefill_tok_s={:.0f} prefill_spread={:.3f} decode_tok_s={:.0f} decode_spread={:.3f} "
           "decode_step_ms={:.4f} step_spread={:.3f} host_us_per_step={} host_frac={} "
           "decode_bytes_per_step={:.4g} decode_roofline_frac={} prefill_flops={:.4g} prefill_peak_frac={} "
-          "copy_gb_s={} bf16_tflops={} host_backend_us={} host_enqueue_us={}",
+          "copy_gb_s={} bf16_tflops={} host_backend_us={} host_enqueue_us={} host_gap_us={}",
           o.model_label.empty() ? "?" : o.model_label, be.name(), have_ceilings ? ceil.device_name : "n/a", batch,
           len, o.output_len, o.repeats, r.prefill_tok_s, r.prefill_tok_s_spread, r.decode_tok_s,
           r.decode_tok_s_spread, r.decode_step_ms, r.decode_step_ms_spread, fmt_opt(r.host_us_per_step, "{:.1f}"),
@@ -234,7 +240,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           r.prefill_flops, fmt_opt(r.prefill_peak_frac, "{:.3f}"),
           have_ceilings ? fmt::format("{:.0f}", ceil.copy_gb_s) : "n/a",
           have_ceilings ? fmt::format("{:.1f}", ceil.bf16_tflops) : "n/a", fmt_opt(r.backend_host_us_per_step, "{:.1f}"),
-          fmt_opt(r.enqueue_us_per_step, "{:.1f}")));
+          fmt_opt(r.enqueue_us_per_step, "{:.1f}"), fmt_opt(r.gap_us_per_step, "{:.1f}")));
       results.push_back(r);
     }
   }

@@ -35,6 +35,9 @@ struct OfflineBenchResult {
   // of that the CUDA calls that enqueue the step; the rest of the host time is the engine's.
   double backend_host_us_per_step = -1;
   double enqueue_us_per_step = -1;
+  // Async scheduling: host time per decode step between collecting one step and launching the
+  // next (the device idles); the rest of host_us_per_step overlaps the device. -1 in sync mode.
+  double gap_us_per_step = -1;
   double decode_bytes_per_step = 0, prefill_flops = 0;
   double decode_roofline_frac = -1, prefill_peak_frac = -1;  // -1: ceilings n/a
 };

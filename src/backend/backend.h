@@ -50,6 +50,9 @@ struct BatchEntry {
   int32_t context_len = 0;                // tokens of this sequence already in the KV cache
   std::span<const int32_t> tokens;        // new tokens to run this step
   std::span<const int32_t> block_table;   // KV block ids covering context_len + tokens.size() tokens
+  // Changes whenever the sequence's table may have been rewritten; between changes the table only
+  // grows, so a backend may keep what it already holds of it (same seq_id and epoch).
+  uint32_t table_epoch = 0;
   bool sample = false;                    // sample the token after the last new one
   SamplingParams sampling;
   int32_t num_generated = 0;              // tokens generated so far; the sampling RNG counter

@@ -126,6 +126,7 @@ void BlockManager::free(Sequence& seq) {
     }
   }
   seq.block_table.clear();
+  ++seq.table_epoch;
   seq.block_hashes.clear();
   seq.num_computed = 0;
 }

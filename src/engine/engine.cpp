@@ -278,6 +278,7 @@ StepPlan Engine::Impl::plan_step() {
     e.tokens = std::span<const int32_t>(seq.tokens.data() + seq.num_computed, s.num_tokens);
     e.block_table = std::span<const int32_t>(seq.block_table.data(),
                                              blocks.blocks_for_tokens(int64_t{seq.num_computed} + s.num_tokens));
+    e.table_epoch = seq.table_epoch;
     e.sample = s.sample;
     e.sampling = seq.request.sampling;
     e.num_generated = seq.num_generated();

@@ -51,8 +51,11 @@ struct Sequence {
   // Tokens whose KV is in the cache (written by a past step or shared from the prefix cache).
   // Reset to 0 on preemption: the sequence re-prefills prompt + generated tokens later.
   int32_t num_computed = 0;
-  // KV block ids; block i holds positions [i * block_size, (i + 1) * block_size).
+  // KV block ids; block i holds positions [i * block_size, (i + 1) * block_size). Only ever
+  // appended to, or cleared (BlockManager::free), which bumps table_epoch: the same (id, epoch)
+  // means the table has only grown (a backend may upload just the new ids).
   std::vector<int32_t> block_table;
+  uint32_t table_epoch = 0;
   // Hash-chain keys of the leading full blocks the block manager has already offered to the
   // prefix cache (owned by BlockManager; cleared when the blocks are freed).
   std::vector<uint64_t> block_hashes;

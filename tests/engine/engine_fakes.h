@@ -160,6 +160,17 @@ class FakeBackend : public backend::Backend {
       expect(static_cast<int64_t>(e.block_table.size()) == (end + o_.block_size - 1) / o_.block_size,
              "block table does not cover exactly context_len + tokens");
       for (int32_t b : e.block_table) expect(b >= 0 && b < o_.num_blocks, "block id out of range");
+      // The table_epoch contract (a backend may keep what it holds of a table): with the epoch of
+      // the sequence's last step, the table must extend the one it had then.
+      auto [table_it, first_sight] = tables_.try_emplace(e.seq_id);
+      TableSeen& seen = table_it->second;
+      if (!first_sight && seen.epoch == e.table_epoch) {
+        expect(seen.ids.size() <= e.block_table.size() &&
+                   std::equal(seen.ids.begin(), seen.ids.end(), e.block_table.begin()),
+               "block table rewritten without a new table_epoch");
+      }
+      seen.epoch = e.table_epoch;
+      seen.ids.assign(e.block_table.begin(), e.block_table.end());
       auto& hist = history_[e.seq_id];
       std::vector<int32_t> ctx;
       uint64_t h = kRoot;
@@ -243,6 +254,11 @@ class FakeBackend : public backend::Backend {
   FakeBackendOptions o_;
   model::ModelConfig config_;
   std::vector<std::vector<Slot>> kv_;  // [num_blocks][block_size]
+  struct TableSeen {
+    uint32_t epoch = 0;
+    std::vector<int32_t> ids;
+  };
+  std::unordered_map<int64_t, TableSeen> tables_;
   std::unordered_map<int64_t, std::vector<int32_t>> history_;
   std::unordered_map<int64_t, int32_t> last_sampled_;
   std::unordered_map<int64_t, size_t> sampled_at_len_;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -207,6 +208,15 @@ class CudaBackend final : public Backend {
   unsigned char* staging_host_ = nullptr;  // pinned
   unsigned char* staging_dev_ = nullptr;
   int32_t* out_tokens_host_ = nullptr;     // pinned (S)
+  // What each row of the staging block tables holds (host and device copies alike): launch()
+  // packs only the ids a sequence appended since its row was last written (BatchEntry::table_epoch).
+  struct TableRow {
+    int64_t seq_id = kPaddingRow - 1;  // matches no sequence
+    uint32_t epoch = 0;
+    int32_t n = 0;  // ids of the table packed into the row
+  };
+  static constexpr int64_t kPaddingRow = std::numeric_limits<int64_t>::min() + 1;  // a padding row: id 0 at 0
+  std::vector<TableRow> table_rows_;
 
   float* argmax_val_ = nullptr;         // (S, kArgmaxChunks)
   int32_t* argmax_idx_ = nullptr;       // (S, kArgmaxChunks)
@@ -383,6 +393,7 @@ void CudaBackend::allocate_activations() {
   staging_dev_ = static_cast<unsigned char*>(mem_.alloc_bytes(layout_->total));
   CUDA_CHECK(cudaMallocHost(&staging_host_, layout_->total));
   std::memset(staging_host_, 0, layout_->total);
+  table_rows_.assign(size_t(opts_.max_num_seqs), TableRow{});
   CUDA_CHECK(cudaMallocHost(&out_tokens_host_, s * sizeof(int32_t)));
 }
 
@@ -707,6 +718,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   const int bs = opts_.block_size;
   int t = 0, n_items = 0, n_sampled = 0, max_kv_len = 0;
   bool all_greedy = true;
+  bool tables_changed = false;  // some staging row of the block tables was written this step
   for (int i = 0; i < num_seqs; ++i) {
     const BatchEntry& e = batch.entries[size_t(i)];
     const int n = static_cast<int>(e.tokens.size());
@@ -716,15 +728,28 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
                   e.block_table.size());
     MPS_CHECK_MSG(static_cast<int>(e.block_table.size()) <= max_blocks_, "sequence {}: {} blocks exceed max_model_len",
                   e.seq_id, e.block_table.size());
-    // note: one branch-free pass over the table (min / max), then a memcpy below: at batch 256 and
-    // context 2048 the tables hold ~37k ids, and a check per id plus an element-wise copy cost
-    // ~65 us of host time per step, in the device's idle gap between steps.
+    // note: the staging row keeps what was packed into it last time: for the same sequence and
+    // table epoch only the ids appended since are checked and copied (one branch-free min/max
+    // pass and a memcpy). At batch 256 and context 2048 the tables hold ~37k ids; packing them
+    // all cost 50-110 us of host time per step, in the device's idle gap between steps.
     const int32_t* bt = e.block_table.data();
     const size_t nb = e.block_table.size();
-    int32_t lo = 0, hi = 0;
-    if (nb > 0) lo = hi = bt[0];
-    for (size_t j = 1; j < nb; ++j) lo = std::min(lo, bt[j]), hi = std::max(hi, bt[j]);
-    MPS_CHECK_MSG(lo >= 0 && hi < num_blocks_, "KV block id {} out of range", lo < 0 ? lo : hi);
+    TableRow& row = table_rows_[size_t(i)];
+    int32_t* dst = tables + size_t(i) * size_t(max_blocks_);
+    // The same sequence, epoch and a table that only grew (the ends of the packed part are
+    // spot-checked, against a caller that reuses ids): keep the packed part.
+    const size_t kept = size_t(row.n);
+    const bool grew = row.seq_id == e.seq_id && row.epoch == e.table_epoch && kept > 0 && kept <= nb &&
+                      dst[0] == bt[0] && dst[kept - 1] == bt[kept - 1];
+    const size_t from = grew ? kept : 0;
+    if (from < nb) {
+      int32_t lo = bt[from], hi = bt[from];
+      for (size_t j = from + 1; j < nb; ++j) lo = std::min(lo, bt[j]), hi = std::max(hi, bt[j]);
+      MPS_CHECK_MSG(lo >= 0 && hi < num_blocks_, "KV block id {} out of range", lo < 0 ? lo : hi);
+      std::memcpy(dst + from, bt + from, (nb - from) * sizeof(int32_t));
+      tables_changed = true;
+    }
+    row = TableRow{e.seq_id, e.table_epoch, static_cast<int32_t>(nb)};
     for (int j = 0; j < n; ++j) {
       const int32_t p = e.context_len + j;
       tok[t + j] = e.tokens[size_t(j)];
@@ -735,7 +760,6 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
       int32_t* it = items + 4 * n_items++;
       it[0] = i, it[1] = t + j0, it[2] = std::min(tokens_per_item_, n - j0), it[3] = 0;
     }
-    if (nb > 0) std::memcpy(tables + size_t(i) * size_t(max_blocks_), bt, nb * sizeof(int32_t));
     if (e.sample) {
       rows[n_sampled] = t + n - 1;
       SampleParamsDev& sp = params[n_sampled++];
@@ -753,12 +777,20 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
     tok[t] = 0, pos[t] = 0, slot[t] = -1;
     int32_t* it = items + 4 * n_items++;
     it[0] = i, it[1] = t, it[2] = 1, it[3] = 0;
-    tables[size_t(i) * size_t(max_blocks_)] = 0;
+    TableRow& row = table_rows_[size_t(i)];
+    if (row.seq_id != kPaddingRow) {
+      tables[size_t(i) * size_t(max_blocks_)] = 0;
+      row = TableRow{kPaddingRow, 0, 1};
+      tables_changed = true;
+    }
     rows[n_sampled] = t;
     params[n_sampled++] = SampleParamsDev{};
   }
   const auto t_packed = Clock::now();
-  const size_t bytes = L.block_tables + size_t(padded) * size_t(max_blocks_) * sizeof(int32_t);
+  // The device's copy of the tables persists between steps: it needs the upload only when a row
+  // changed (every 16 decode steps for a batch that crosses block boundaries together).
+  const size_t bytes =
+      L.block_tables + (tables_changed ? size_t(padded) * size_t(max_blocks_) * sizeof(int32_t) : size_t{0});
   CUDA_CHECK(cudaMemcpyAsync(staging_dev_, staging_host_, bytes, cudaMemcpyHostToDevice, stream_));
 
   StepShape shape;

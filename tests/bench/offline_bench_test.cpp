@@ -20,7 +20,7 @@ using Clock = std::chrono::steady_clock;
 
 class TimedBackend : public backend::Backend {
  public:
-  static constexpr auto kPrefillStep = std::chrono::milliseconds(40);
+  static constexpr auto kPrefillStep = std::chrono::milliseconds(200);
   static constexpr auto kDecodeStep = std::chrono::milliseconds(4);
 
   TimedBackend() { config_.vocab_size = engine::testing::FakeTokenizer::kVocab; }
@@ -85,14 +85,15 @@ OfflineBenchResult run(bool async) {
 }
 
 // A decode step takes 4 ms on the "device" in both modes: under async scheduling the call that
-// waits for the last prefill step (40 ms) launches the first all-decode step, and must not be
-// counted as a decode step (it was, and made the async figure look slower than the sync one).
+// waits for the last prefill step (200 ms) launches the first all-decode step, and must not be
+// counted as a decode step (it was, and made the async figure look slower than the sync one). The
+// bounds leave ~20 ms per step for a loaded machine; counting that call gives over 30 ms.
 TEST(OfflineBench, decode_step_time_is_the_decode_steps_in_sync_and_async_mode) {
   for (bool async : {false, true}) {
     SCOPED_TRACE(async ? "async" : "sync");
     const OfflineBenchResult r = run(async);
     EXPECT_GT(r.decode_step_ms, 3.5);
-    EXPECT_LT(r.decode_step_ms, 10.0);
+    EXPECT_LT(r.decode_step_ms, 25.0);
     EXPECT_GT(r.decode_tok_s, 0.0);
     // The host gap between collecting a step and launching the next is reported in async mode
     // only, and is a small part of a step here (no real host work).

@@ -105,6 +105,8 @@ struct Engine::Impl {
                     std::vector<uint64_t>* finished_ids, std::vector<size_t>* deferred = nullptr);
   void post_process_deferred(const StepPlan& plan, const std::vector<size_t>& deferred,
                              std::vector<RequestOutput>* outputs);
+  bool is_stop_token(const Sequence& seq, int32_t token) const;
+  bool at_length_limit(const Sequence& seq) const;
   bool can_finish(const Sequence& seq, int32_t token) const;
   bool push_text(Sequence& seq, int32_t token);
   void append_text(Sequence& seq, int32_t token);
@@ -199,14 +201,22 @@ void Engine::Impl::finish(Sequence& seq, FinishReason reason, bool release_text)
   seq.finish_reason = reason;
 }
 
+// An EOS (unless ignored) or one of the request's stop ids.
+bool Engine::Impl::is_stop_token(const Sequence& seq, int32_t token) const {
+  const auto& r = seq.request;
+  return (!r.ignore_eos && std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end()) ||
+         std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
+}
+
+// The sequence's tokens (its last sampled one included) reach max_tokens or max_model_len.
+bool Engine::Impl::at_length_limit(const Sequence& seq) const {
+  return seq.num_generated() >= seq.request.max_tokens || seq.num_tokens() >= opts.backend.max_model_len;
+}
+
 // Whether `token` can end `seq` at this step: an EOS or stop id, the last token by length, or any
 // token of a request with stop strings (its text decides).
 bool Engine::Impl::can_finish(const Sequence& seq, int32_t token) const {
-  const auto& r = seq.request;
-  if (!r.stop.empty()) return true;
-  if (!r.ignore_eos && std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end()) return true;
-  if (std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end()) return true;
-  return seq.num_generated() >= r.max_tokens || seq.num_tokens() >= opts.backend.max_model_len;
+  return !seq.request.stop.empty() || is_stop_token(seq, token) || at_length_limit(seq);
 }
 
 // The token's text, through the stop matcher into out_text; whether a stop string matched.
@@ -223,17 +233,14 @@ bool Engine::Impl::push_text(Sequence& seq, int32_t token) {
 void Engine::Impl::on_sampled(Sequence& seq, int32_t token) {
   seq.out_tokens.push_back(token);
   ++stats.generation_tokens_total;
-  const auto& r = seq.request;
-  const bool is_eos = !r.ignore_eos && std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end();
-  const bool is_stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
-  if (is_eos || is_stop_id) {
+  if (is_stop_token(seq, token)) {
     // The stop token itself is returned as an id but not as text.
     finish(seq, FinishReason::kStop, /*release_text=*/true);
     return;
   }
   if (push_text(seq, token)) {
     finish(seq, FinishReason::kStop, /*release_text=*/false);
-  } else if (seq.num_generated() >= r.max_tokens || seq.num_tokens() >= opts.backend.max_model_len) {
+  } else if (at_length_limit(seq)) {
     finish(seq, FinishReason::kLength, /*release_text=*/true);
   }
 }
@@ -300,8 +307,7 @@ void Engine::Impl::advance(StepPlan& plan) {
     if (!s.sample) continue;
     plan.token_index[i] = seq.num_tokens();
     seq.tokens.push_back(kPlaceholderToken);
-    seq.final_token_pending =
-        seq.num_generated() >= seq.request.max_tokens || seq.num_tokens() >= opts.backend.max_model_len;
+    seq.final_token_pending = at_length_limit(seq);
   }
 }
 

@@ -1,5 +1,7 @@
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+
 // The backend factory and the option parsers shared by the CLI and the engine.
 #include "backend/backend.h"
 
@@ -37,17 +39,36 @@ std::string_view ablation_name(Ablation a) {
 }
 
 void Backend::launch(const Batch& batch, bool want_logits) {
-  MPS_CHECK_MSG(!pending_valid_, "{} backend: launch() while a step is still to be collected", name());
-  pending_ = StepOutput{};
-  step(batch, want_logits, &pending_);
-  pending_valid_ = true;
+  MPS_CHECK_MSG(static_cast<int>(pending_.size()) < max_steps_in_flight(),
+                "{} backend: launch() with {} steps still to be collected", name(), pending_.size());
+  // Entries that take a token the previous launch sampled: that launch already ran, so the token
+  // is known here; they run with a copy of the batch whose spans point at it.
+  std::vector<int32_t> prev_tokens;
+  std::optional<Batch> resolved;
+  for (size_t i = 0; i < batch.entries.size(); ++i) {
+    const BatchEntry& e = batch.entries[i];
+    if (e.prev_sample_row < 0) continue;
+    MPS_CHECK_MSG(e.tokens.size() == 1 && static_cast<size_t>(e.prev_sample_row) < last_sampled_.size(),
+                  "{} backend: sequence {} takes row {} of a previous step that sampled {}", name(), e.seq_id,
+                  e.prev_sample_row, last_sampled_.size());
+    if (!resolved) {
+      resolved = batch;
+      prev_tokens.assign(batch.entries.size(), 0);
+    }
+    prev_tokens[i] = last_sampled_[static_cast<size_t>(e.prev_sample_row)];
+    resolved->entries[i].tokens = std::span<const int32_t>(&prev_tokens[i], 1);
+    resolved->entries[i].prev_sample_row = -1;
+  }
+  StepOutput out;
+  step(resolved ? *resolved : batch, want_logits, &out);
+  last_sampled_ = out.tokens;
+  pending_.push_back(std::move(out));
 }
 
 void Backend::collect(StepOutput* out) {
-  MPS_CHECK_MSG(pending_valid_, "{} backend: collect() without a launched step", name());
-  *out = std::move(pending_);
-  pending_ = StepOutput{};
-  pending_valid_ = false;
+  MPS_CHECK_MSG(!pending_.empty(), "{} backend: collect() without a launched step", name());
+  *out = std::move(pending_.front());
+  pending_.erase(pending_.begin());
 }
 
 bool cuda_compiled() {

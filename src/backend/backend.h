@@ -54,6 +54,10 @@ struct BatchEntry {
   // grows, so a backend may keep what it already holds of it (same seq_id and epoch).
   uint32_t table_epoch = 0;
   bool sample = false;                    // sample the token after the last new one
+  // >= 0: this entry's one new token is the one the previous launch() sampled in that row (its
+  // index among that step's sampling entries), not yet collected; `tokens` holds a placeholder.
+  // Only with two steps in flight (max_steps_in_flight() == 2), on an entry with one token.
+  int32_t prev_sample_row = -1;
   SamplingParams sampling;
   int32_t num_generated = 0;              // tokens generated so far; the sampling RNG counter
 };
@@ -118,12 +122,16 @@ class Backend {
   virtual void step(const Batch& batch, bool want_logits, StepOutput* out) = 0;
 
   // Async scheduling (--async-scheduling): launch() starts a step and returns once everything it
-  // needs from `batch` is copied (the spans may change right after); collect() waits for that
-  // step and fills `out`. At most one step is in flight; launch() + collect() computes exactly
-  // what step() does. The defaults run the whole step inside launch() (no overlap, same result),
-  // so every backend supports the mode and only a device backend makes it pay.
+  // needs from `batch` is copied (the spans may change right after); collect() waits for the
+  // oldest launched step and fills `out`. Up to max_steps_in_flight() steps may be launched and
+  // not yet collected; with two, the second may take tokens the first samples on the device
+  // (BatchEntry::prev_sample_row), so the engine can launch step t+1 before it collects step t.
+  // launch() + collect() computes exactly what step() does with the tokens filled in. The
+  // defaults run the whole step inside launch() (no overlap, same result), so every backend
+  // supports the mode and only a device backend makes it pay.
   virtual void launch(const Batch& batch, bool want_logits);
   virtual void collect(StepOutput* out);
+  virtual int max_steps_in_flight() const { return 2; }
   // True when launch() returns before the device finishes (the engine reports it; tests use it).
   virtual bool launch_is_async() const { return false; }
 
@@ -144,9 +152,10 @@ class Backend {
   virtual std::vector<KernelTime> kernel_profile() const { return {}; }
 
  private:
-  // The default launch()/collect(): the finished step waiting to be collected.
-  StepOutput pending_;
-  bool pending_valid_ = false;
+  // The default launch()/collect(): the finished steps waiting to be collected, oldest first
+  // (at most two), and the tokens the last launch() sampled (for prev_sample_row).
+  std::vector<StepOutput> pending_;
+  std::vector<int32_t> last_sampled_;
 };
 
 // Creates the backend for opts.device. CUDA in a build without it, or without a usable GPU,

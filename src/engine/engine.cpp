@@ -2,9 +2,14 @@
 //
 // Async scheduling pipelines two steps: with step t in flight, step() pays the injected host
 // cost, schedules and builds step t+1 against the state step t will leave (advance() ran at
-// launch), then collects t, writes its tokens over the placeholders, finishes what they end,
-// drops that from t+1, and launches t+1; the text and outputs of the sequences that go on are
-// made while t+1 runs. The device idles only between collect and launch.
+// launch), then
+//   - where the backend takes t's sampled tokens on the device (max_steps_in_flight() == 2; no
+//     logits wanted; every placeholder is a one-token decode input): launches t+1 at once, then
+//     collects and post-processes t. A sequence t's token ends still runs its row of t+1 (the
+//     result is dropped): the device does not idle between steps;
+//   - else: collects t, writes its tokens over the placeholders, finishes what they end, drops
+//     that from t+1, and launches t+1; the text and outputs of the sequences that go on are made
+//     while t+1 runs. The device idles only between collect and launch.
 #include "engine/engine.h"
 
 #include <algorithm>
@@ -98,6 +103,7 @@ struct Engine::Impl {
   std::vector<RequestOutput> step();
   std::vector<RequestOutput> step_sync();
   std::vector<RequestOutput> step_async(Clock::time_point t0);
+  bool launch_ahead_ok(StepPlan& next) const;
   StepPlan plan_step();
   void launch(StepPlan plan);
   void advance(StepPlan& plan);
@@ -106,12 +112,12 @@ struct Engine::Impl {
   void post_process_deferred(const StepPlan& plan, const std::vector<size_t>& deferred,
                              std::vector<RequestOutput>* outputs);
   bool is_stop_token(const Sequence& seq, int32_t token) const;
-  bool at_length_limit(const Sequence& seq) const;
-  bool can_finish(const Sequence& seq, int32_t token) const;
+  bool at_length_limit(const Sequence& seq, int64_t num_tokens) const;
+  bool can_finish(const Sequence& seq, int32_t token, int64_t num_tokens) const;
   bool push_text(Sequence& seq, int32_t token);
   void append_text(Sequence& seq, int32_t token);
   bool in_flight_holds(const Sequence* seq, int32_t* token_index) const;
-  void on_sampled(Sequence& seq, int32_t token);
+  void on_sampled(Sequence& seq, int32_t token, int64_t num_tokens);
   void finish(Sequence& seq, FinishReason reason, bool release_text);
   RequestOutput take_output(Sequence& seq);
   std::vector<const Sequence*> live() const;
@@ -208,15 +214,16 @@ bool Engine::Impl::is_stop_token(const Sequence& seq, int32_t token) const {
          std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
 }
 
-// The sequence's tokens (its last sampled one included) reach max_tokens or max_model_len.
-bool Engine::Impl::at_length_limit(const Sequence& seq) const {
-  return seq.num_generated() >= seq.request.max_tokens || seq.num_tokens() >= opts.backend.max_model_len;
+// The sequence's first num_tokens tokens (through a sampled one) reach max_tokens or max_model_len.
+// note: a count, not seq.num_tokens(): a step launched ahead may have appended the next placeholder.
+bool Engine::Impl::at_length_limit(const Sequence& seq, int64_t num_tokens) const {
+  return num_tokens - seq.num_prompt_tokens >= seq.request.max_tokens || num_tokens >= opts.backend.max_model_len;
 }
 
 // Whether `token` can end `seq` at this step: an EOS or stop id, the last token by length, or any
 // token of a request with stop strings (its text decides).
-bool Engine::Impl::can_finish(const Sequence& seq, int32_t token) const {
-  return !seq.request.stop.empty() || is_stop_token(seq, token) || at_length_limit(seq);
+bool Engine::Impl::can_finish(const Sequence& seq, int32_t token, int64_t num_tokens) const {
+  return !seq.request.stop.empty() || is_stop_token(seq, token) || at_length_limit(seq, num_tokens);
 }
 
 // The token's text, through the stop matcher into out_text; whether a stop string matched.
@@ -230,7 +237,7 @@ bool Engine::Impl::push_text(Sequence& seq, int32_t token) {
   return hit;
 }
 
-void Engine::Impl::on_sampled(Sequence& seq, int32_t token) {
+void Engine::Impl::on_sampled(Sequence& seq, int32_t token, int64_t num_tokens) {
   seq.out_tokens.push_back(token);
   ++stats.generation_tokens_total;
   if (is_stop_token(seq, token)) {
@@ -240,7 +247,7 @@ void Engine::Impl::on_sampled(Sequence& seq, int32_t token) {
   }
   if (push_text(seq, token)) {
     finish(seq, FinishReason::kStop, /*release_text=*/false);
-  } else if (at_length_limit(seq)) {
+  } else if (at_length_limit(seq, num_tokens)) {
     finish(seq, FinishReason::kLength, /*release_text=*/true);
   }
 }
@@ -307,7 +314,7 @@ void Engine::Impl::advance(StepPlan& plan) {
     if (!s.sample) continue;
     plan.token_index[i] = seq.num_tokens();
     seq.tokens.push_back(kPlaceholderToken);
-    seq.final_token_pending = at_length_limit(seq);
+    seq.final_token_pending = at_length_limit(seq, seq.num_tokens());
   }
 }
 
@@ -331,23 +338,32 @@ void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput&
     const ScheduledSeq& s = plan.scheduled[i];
     Sequence& seq = *s.seq;
     const size_t row = s.sample ? k++ : 0;
-    if (seq.finished()) continue;  // aborted while in flight
-    // note: the prefix cache hashes only computed tokens, and the placeholder sits past them.
+    if (seq.finished()) continue;  // aborted while in flight, or ended by the step before
+    if (!s.sample) {
+      blocks.on_computed(seq);
+      continue;
+    }
+    // note: the token goes in before the prefix cache hashes computed tokens: with the next step
+    // launched ahead, this token is already one of them (its placeholder sits past them otherwise).
+    const int32_t token = result.tokens[row];
+    seq.tokens[plan.token_index[i]] = token;
+    // (with a step launched ahead the flag belongs to that step's placeholder, past this token)
+    if (plan.token_index[i] + 1 == seq.num_tokens()) seq.final_token_pending = false;
     blocks.on_computed(seq);
-    if (!s.sample) continue;
     if (seq.request.want_logits && vocab > 0) {
       seq.out_logits.insert(seq.out_logits.end(), result.logits.begin() + row * vocab,
                             result.logits.begin() + (row + 1) * vocab);
     }
-    const int32_t token = result.tokens[row];
-    seq.tokens[plan.token_index[i]] = token;
-    seq.final_token_pending = false;
-    if (deferred && !can_finish(seq, token)) {
+    const int64_t num_tokens = plan.token_index[i] + 1;  // through this token
+    if (deferred && !can_finish(seq, token, num_tokens)) {
       deferred->push_back(i);
       continue;
     }
-    on_sampled(seq, token);
-    outputs->push_back(take_output(seq));
+    on_sampled(seq, token, num_tokens);
+    RequestOutput o = take_output(seq);
+    // A step launched ahead may have appended this sequence's next placeholder already.
+    o.completion_tokens = static_cast<int32_t>(num_tokens - seq.num_prompt_tokens);
+    outputs->push_back(std::move(o));
     if (seq.finished()) {
       ++finished_requests;
       scheduler.remove(&seq);
@@ -387,7 +403,8 @@ void Engine::Impl::launch(StepPlan plan) {
   for (size_t i = 0; i < plan.scheduled.size(); ++i) {
     const backend::BatchEntry& e = plan.batch.entries[i];
     plan.want_logits |= e.sample && plan.scheduled[i].seq->request.want_logits;
-    MPS_CHECK_MSG(std::find(e.tokens.begin(), e.tokens.end(), kPlaceholderToken) == e.tokens.end(),
+    MPS_CHECK_MSG(e.prev_sample_row >= 0 ||
+                      std::find(e.tokens.begin(), e.tokens.end(), kPlaceholderToken) == e.tokens.end(),
                   "seq {}: launching a step whose input is still a placeholder", e.seq_id);
   }
   backend->launch(plan.batch, plan.want_logits);
@@ -419,10 +436,61 @@ std::vector<RequestOutput> Engine::Impl::step_sync() {
   return outputs;
 }
 
+// Whether `next` can go to the device before the step in flight is collected, and if so points
+// each of its inputs still to be sampled at its row of that step (BatchEntry::prev_sample_row).
+bool Engine::Impl::launch_ahead_ok(StepPlan& next) const {
+  if (!in_flight || next.empty() || backend->max_steps_in_flight() < 2 || in_flight->want_logits ||
+      next.want_logits) {
+    return false;
+  }
+  std::unordered_map<const Sequence*, int32_t> sampled_row;
+  int32_t k = 0;
+  for (const ScheduledSeq& s : in_flight->scheduled) {
+    if (s.sample) sampled_row.emplace(s.seq, k++);
+  }
+  std::vector<int32_t> rows(next.scheduled.size(), -1);
+  for (size_t i = 0; i < next.scheduled.size(); ++i) {
+    const backend::BatchEntry& e = next.batch.entries[i];
+    if (std::find(e.tokens.begin(), e.tokens.end(), kPlaceholderToken) == e.tokens.end()) continue;
+    auto it = sampled_row.find(next.scheduled[i].seq);
+    // A placeholder anywhere but as a decode step's one input (a recompute after preemption):
+    // its token must be on the host first.
+    if (e.tokens.size() != 1 || it == sampled_row.end()) return false;
+    rows[i] = it->second;
+  }
+  for (size_t i = 0; i < rows.size(); ++i) next.batch.entries[i].prev_sample_row = rows[i];
+  return true;
+}
+
 std::vector<RequestOutput> Engine::Impl::step_async(Clock::time_point t0) {
   std::vector<RequestOutput> outputs = std::move(aborted);
   aborted.clear();
   StepPlan next = plan_step();
+
+  if (launch_ahead_ok(next)) {
+    // t+1 first: the device runs it right after t. Then t is collected and post-processed whole.
+    StepPlan done = std::move(*in_flight);
+    in_flight.reset();
+    launch(std::move(next));
+    ++stats.async_launched_ahead;
+    const auto t_collect = Clock::now();
+    backend::StepOutput result;
+    backend->collect(&result);
+    stats.async_overlap_last_ms = ms_between(t0, t_collect);
+    stats.async_overlap_ms_total += stats.async_overlap_last_ms;
+    stats.async_collect_wait_ms_total += ms_between(t_collect, Clock::now());
+    std::vector<uint64_t> finished_ids;
+    post_process(done, result, &outputs, &finished_ids);
+    retired.clear();  // aborted while t was in flight; t+1 does not run them
+    for (uint64_t id : finished_ids) {
+      auto it = seqs.find(id);
+      int32_t token_index = -1;
+      // Ended by t's token but running in t+1: kept until t+1 is post-processed (which skips it).
+      if (in_flight_holds(it->second.get(), &token_index)) retired.push_back(std::move(it->second));
+      seqs.erase(it);
+    }
+    return outputs;
+  }
 
   if (in_flight) {
     const auto t_collect = Clock::now();

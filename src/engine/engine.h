@@ -20,8 +20,9 @@ struct EngineOptions {
   int max_waiting = 4096;         // add_request fails beyond this many queued requests
   int64_t step_cpu_us = 0;        // study knob: busy-wait this long on the host every step
   // --async-scheduling: step() schedules and builds step t+1 (and pays step_cpu_us) while step t
-  // runs on the device (Backend::launch/collect). Outputs are identical to the synchronous mode;
-  // each step() returns the outputs of the step launched by the previous call.
+  // runs on the device (Backend::launch/collect), and launches it before collecting t where the
+  // backend takes t's sampled tokens on the device. Outputs are identical to the synchronous
+  // mode; each step() returns the outputs of the step launched by the previous call.
   bool async_scheduling = false;
   // Test-only: after this many requests have finished, the next step injects a device fault
   // (Backend::debug_inject_fault) so the supervisor's MPS recovery can be exercised. -1 = off.
@@ -73,7 +74,11 @@ struct EngineStats {
   // Time blocked in Backend::collect(): device time that no host work covered.
   double async_collect_wait_ms_total = 0;
   // Host time between collect(t) and launch(t+1) (post-processing, launch): the device idles.
+  // Steps launched before the previous one was collected add nothing here.
   double async_gap_ms_total = 0;
+  // Steps launched while the previous step was still in flight (their inputs sampled on the
+  // device: Backend::max_steps_in_flight() == 2).
+  int64_t async_launched_ahead = 0;
 };
 
 class Engine {

@@ -3,6 +3,7 @@
 // tokens, short for decode-only ones) and collect() waits for its end, as the CUDA backend does.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -33,34 +34,42 @@ class TimedBackend : public backend::Backend {
     launch(batch, want_logits);
     collect(out);
   }
+  // The pretend device runs launched steps back to back (two may be in flight).
   void launch(const backend::Batch& batch, bool /*want_logits*/) override {
     bool decode_only = true;
-    pending_.tokens.clear();
+    Launched l;
     for (const backend::BatchEntry& e : batch.entries) {
       decode_only = decode_only && e.tokens.size() == 1 && e.sample;
-      if (e.sample) pending_.tokens.push_back(7);  // an ordinary letter
+      if (e.sample) l.out.tokens.push_back(7);  // an ordinary letter
     }
-    timings_ = backend::StepTimings{};
+    timings_ = backend::StepTimings{.wait_us = timings_.wait_us};
     timings_.valid = true;
     timings_.decode_only = decode_only;
     timings_.num_tokens = static_cast<int32_t>(batch.num_tokens());
     timings_.num_seqs = static_cast<int32_t>(batch.entries.size());
-    done_at_ = Clock::now() + (decode_only ? kDecodeStep : kPrefillStep);
+    const auto start = in_flight_.empty() ? Clock::now() : std::max(Clock::now(), in_flight_.back().done_at);
+    l.done_at = start + (decode_only ? kDecodeStep : kPrefillStep);
+    in_flight_.push_back(std::move(l));
   }
   void collect(backend::StepOutput* out) override {
+    ASSERT_FALSE(in_flight_.empty());
     const auto t0 = Clock::now();
-    std::this_thread::sleep_until(done_at_);
+    std::this_thread::sleep_until(in_flight_.front().done_at);
     timings_.wait_us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
-    *out = pending_;
+    *out = std::move(in_flight_.front().out);
+    in_flight_.erase(in_flight_.begin());
   }
   bool launch_is_async() const override { return true; }
   backend::StepTimings last_step_timings() const override { return timings_; }
 
  private:
   model::ModelConfig config_;
-  backend::StepOutput pending_;
+  struct Launched {
+    backend::StepOutput out;
+    Clock::time_point done_at;
+  };
+  std::vector<Launched> in_flight_;
   backend::StepTimings timings_;
-  Clock::time_point done_at_;
 };
 
 OfflineBenchResult run(bool async) {

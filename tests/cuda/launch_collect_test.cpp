@@ -1,8 +1,10 @@
 // The CUDA backend's asynchronous launch()/collect() (--async-scheduling): the same tokens and
-// logits as step(), batch spans free for reuse once launch() returns, and launch() returning
-// before the device has finished (timed; printed, checked loosely).
+// logits as step(), batch spans free for reuse once launch() returns, a step launched before the
+// one in flight is collected taking that step's sampled tokens on the device, and launch()
+// returning before the device has finished (timed; printed, checked loosely).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <random>
@@ -96,6 +98,77 @@ TEST_F(LaunchCollectTest, launch_collect_gives_the_tokens_and_logits_of_step) {
   async->launch(Batch{}, false);
   async->collect(&o);
   EXPECT_TRUE(o.tokens.empty());
+}
+
+// Two steps in flight: every step is launched before the one before it is collected, and its
+// decode inputs are that step's sampled tokens (BatchEntry::prev_sample_row, a placeholder on
+// the host). The rows move between steps (the order reverses every step), one sequence samples
+// at temperature 0.8, and a fourth joins at step 10 with its prompt (a mixed, eager step; the
+// others are graph replays). The tokens must be those of step() fed the real tokens.
+TEST_F(LaunchCollectTest, launch_ahead_takes_the_tokens_of_the_step_in_flight) {
+  auto ref = make(options(256, 512));
+  auto ahead = make(options(256, 512));
+  ASSERT_TRUE(ref && ahead);
+  EXPECT_EQ(ahead->max_steps_in_flight(), 2);
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> tok(0, 151642);
+  std::vector<Seq> seqs(4);
+  for (size_t i = 0; i < 4; ++i) {
+    for (int j = 0; j < 5 + 11 * int(i); ++j) seqs[i].tokens.push_back(tok(rng));
+    for (int b = 0; b < 32; ++b) seqs[i].table.push_back(int32_t(i) * 32 + b);
+  }
+  const std::vector<int32_t> placeholder = {-1};
+  std::vector<size_t> prev_order;  // the sequences of the previous step's sampled rows, in row order
+  std::vector<std::vector<int32_t>> ref_tokens, ahead_tokens;
+  int gathered = 0;
+  for (int step = 0; step < 21; ++step) {
+    std::vector<size_t> order = {0, 1, 2};
+    if (step >= 10) order.push_back(3);
+    if (step % 2 == 1) std::reverse(order.begin(), order.end());
+    std::vector<std::vector<int32_t>> toks(4);
+    Batch b_ref, b_ahead;
+    for (size_t i : order) {
+      const Seq& s = seqs[i];
+      toks[i].assign(s.tokens.begin() + s.cached, s.tokens.end());
+      BatchEntry e;
+      e.seq_id = int64_t(i);
+      e.context_len = s.cached;
+      e.tokens = toks[i];
+      e.block_table = s.table;
+      e.sample = true;
+      e.sampling = i == 1 ? backend::SamplingParams{0.8f, 0.95f, 0, 42} : backend::SamplingParams{0.f, 1.f, 0, 0};
+      e.num_generated = int32_t(s.tokens.size());
+      b_ref.entries.push_back(e);
+      const auto it = std::find(prev_order.begin(), prev_order.end(), i);
+      if (it != prev_order.end()) {
+        e.tokens = placeholder;
+        e.prev_sample_row = int32_t(it - prev_order.begin());
+        ++gathered;
+      }
+      b_ahead.entries.push_back(e);
+    }
+    StepOutput o_ref;
+    ref->step(b_ref, false, &o_ref);
+    ahead->launch(b_ahead, false);  // beside the previous step, still in flight
+    if (step > 0) {
+      StepOutput o;
+      ahead->collect(&o);
+      ahead_tokens.push_back(o.tokens);
+    }
+    ref_tokens.push_back(o_ref.tokens);
+    prev_order = order;
+    for (size_t k = 0; k < order.size(); ++k) {
+      Seq& s = seqs[order[k]];
+      s.cached = int32_t(s.tokens.size());
+      s.tokens.push_back(o_ref.tokens[k]);
+    }
+  }
+  StepOutput last;
+  ahead->collect(&last);
+  ahead_tokens.push_back(last.tokens);
+  EXPECT_GT(gathered, 50);
+  ASSERT_EQ(ahead_tokens.size(), ref_tokens.size());
+  for (size_t k = 0; k < ref_tokens.size(); ++k) EXPECT_EQ(ahead_tokens[k], ref_tokens[k]) << "step " << k;
 }
 
 // A 2048-token prefill and a batch-8 decode step (graph): launch() should return well before

@@ -67,7 +67,8 @@ struct WorkloadRun {
   int64_t sampled_entries = 0;
 };
 
-WorkloadRun run_workload(const std::vector<GenerationRequest>& reqs, bool async, bool chunked) {
+// in_flight: the backend's max_steps_in_flight (2: the engine launches t+1 before collecting t).
+WorkloadRun run_workload(const std::vector<GenerationRequest>& reqs, bool async, bool chunked, int in_flight = 2) {
   EngineOptions opts;
   opts.async_scheduling = async;
   opts.enable_chunked_prefill = chunked;
@@ -77,6 +78,7 @@ WorkloadRun run_workload(const std::vector<GenerationRequest>& reqs, bool async,
   FakeBackendOptions bo;
   bo.block_size = 4;
   bo.num_blocks = 20;
+  bo.max_steps_in_flight = in_flight;
   FakeEngine fe(opts, bo);
   std::mt19937 rng(99);
   std::vector<uint64_t> ids;
@@ -100,43 +102,63 @@ WorkloadRun run_workload(const std::vector<GenerationRequest>& reqs, bool async,
   return run;
 }
 
+// Async scheduling against sync on the same workload, with the backend taking step t's tokens on
+// the device (two steps in flight: t+1 launched before t is collected) and without (one).
 TEST(EngineAsync, async_outputs_equal_sync_for_every_request_and_field) {
   for (bool chunked : {true, false}) {
-    // A workload that touches every feature: shared prefixes (prefix cache), long prompts (chunked
-    // prefill), a KV cache too small for it (preemption), eos, stop ids, stop strings, logits.
-    std::mt19937 rng(chunked ? 11 : 12);
-    const std::vector<GenerationRequest> reqs = testing::random_requests(rng, 50, /*stop_ids_and_logits=*/true);
-    const WorkloadRun sync = run_workload(reqs, /*async=*/false, chunked);
-    const WorkloadRun async = run_workload(reqs, /*async=*/true, chunked);
-    ASSERT_EQ(sync.per_request.size(), reqs.size());
-    ASSERT_EQ(async.per_request.size(), reqs.size());
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      const Received& s = sync.per_request[i];
-      const Received& a = async.per_request[i];
-      SCOPED_TRACE(::testing::Message() << "request " << i << (chunked ? " chunked" : ""));
-      ASSERT_TRUE(a.finished);
-      EXPECT_EQ(a.tokens, s.tokens);
-      EXPECT_EQ(a.text, s.text);
-      EXPECT_EQ(a.logits, s.logits);
-      EXPECT_EQ(a.reason, s.reason);
-      EXPECT_EQ(a.prompt_tokens, s.prompt_tokens);
-      EXPECT_EQ(a.completion_tokens, s.completion_tokens);
-      EXPECT_EQ(a.outputs_after_finish, 0);
-      if (reqs[i].want_logits) {
-        EXPECT_EQ(a.logits.size(), a.tokens.size() * FakeTokenizer::kVocab);
+    for (bool stop_ids_and_logits : {true, false}) {
+      // A workload that touches every feature: shared prefixes (prefix cache), long prompts
+      // (chunked prefill), a KV cache too small for it (preemption), eos, stop strings, and with
+      // stop_ids_and_logits stop ids and logits (a step wanting logits is never launched ahead).
+      std::mt19937 rng(chunked ? 11 : 12);
+      const std::vector<GenerationRequest> reqs = testing::random_requests(rng, 50, stop_ids_and_logits);
+      const WorkloadRun sync = run_workload(reqs, /*async=*/false, chunked);
+      EXPECT_EQ(sync.sampled_entries, sync.stats.generation_tokens_total);
+      for (int in_flight : {1, 2}) {
+        const WorkloadRun async = run_workload(reqs, /*async=*/true, chunked, in_flight);
+        SCOPED_TRACE(::testing::Message() << (chunked ? "chunked" : "not chunked") << ", "
+                                          << (stop_ids_and_logits ? "stop ids and logits" : "neither") << ", "
+                                          << in_flight << " in flight");
+        ASSERT_EQ(sync.per_request.size(), reqs.size());
+        ASSERT_EQ(async.per_request.size(), reqs.size());
+        for (size_t i = 0; i < reqs.size(); ++i) {
+          const Received& s = sync.per_request[i];
+          const Received& a = async.per_request[i];
+          SCOPED_TRACE(::testing::Message() << "request " << i);
+          ASSERT_TRUE(a.finished);
+          EXPECT_EQ(a.tokens, s.tokens);
+          EXPECT_EQ(a.text, s.text);
+          EXPECT_EQ(a.logits, s.logits);
+          EXPECT_EQ(a.reason, s.reason);
+          EXPECT_EQ(a.prompt_tokens, s.prompt_tokens);
+          EXPECT_EQ(a.completion_tokens, s.completion_tokens);
+          EXPECT_EQ(a.outputs_after_finish, 0);
+          if (reqs[i].want_logits) {
+            EXPECT_EQ(a.logits.size(), a.tokens.size() * FakeTokenizer::kVocab);
+          }
+        }
+        // The workload must have exercised what it is meant to.
+        EXPECT_GT(async.stats.num_preemptions, 0);
+        EXPECT_GT(async.stats.prefix_cache_hit_tokens, 0);
+        EXPECT_EQ(async.stats.kv_blocks_used, 0);
+        EXPECT_EQ(async.stats.generation_tokens_total, sync.stats.generation_tokens_total);
+        if (in_flight == 1) {
+          // No sequence ran a step past its end: a request that finished at step t (max_tokens,
+          // eos, stop) was taken out of the optimistically scheduled step t+1 before its launch.
+          EXPECT_EQ(async.stats.async_launched_ahead, 0);
+          EXPECT_EQ(async.sampled_entries, async.stats.generation_tokens_total);
+        } else {
+          // Launched ahead, a sequence that t's token ends (eos, stop id or string; never
+          // max_tokens, known at scheduling) runs one row of t+1 whose token is dropped.
+          EXPECT_GT(async.stats.async_launched_ahead, async.stats.steps / 2);
+          EXPECT_GE(async.sampled_entries, async.stats.generation_tokens_total);
+          EXPECT_LE(async.sampled_entries - async.stats.generation_tokens_total, static_cast<int64_t>(reqs.size()));
+        }
       }
     }
-    // The workload must have exercised what it is meant to.
-    EXPECT_GT(async.stats.num_preemptions, 0);
-    EXPECT_GT(async.stats.prefix_cache_hit_tokens, 0);
-    EXPECT_EQ(async.stats.kv_blocks_used, 0);
-    EXPECT_EQ(async.stats.generation_tokens_total, sync.stats.generation_tokens_total);
-    // No sequence ran a step past its end: a request that finished at step t (max_tokens, eos,
-    // stop) was taken out of the optimistically scheduled step t+1 before its launch.
-    EXPECT_EQ(async.sampled_entries, async.stats.generation_tokens_total);
-    EXPECT_EQ(sync.sampled_entries, sync.stats.generation_tokens_total);
   }
 }
+
 
 TEST(EngineAsync, async_step_returns_the_previous_steps_outputs_and_stays_unfinished_in_flight) {
   EngineOptions opts;

@@ -106,6 +106,7 @@ struct FakeBackendOptions {
   std::vector<int32_t> eos_token_ids;  // the model config's eos ids
   int32_t max_num_seqs = 1 << 20;      // limits the batch must respect
   int64_t max_num_batched_tokens = 1 << 30;
+  int max_steps_in_flight = 2;  // 1: the engine collects step t before it launches t+1
 };
 
 // Records, per KV slot, which position and token prefix was written there. On every read the
@@ -122,6 +123,7 @@ class FakeBackend : public backend::Backend {
   const model::ModelConfig& config() const override { return config_; }
   int32_t num_kv_blocks() const override { return o_.num_blocks; }
   int32_t block_size() const override { return o_.block_size; }
+  int max_steps_in_flight() const override { return o_.max_steps_in_flight; }
 
   // Tokens to emit instead of the hash, by request id, indexed by num_generated.
   std::map<int64_t, std::vector<int32_t>> forced;
@@ -265,40 +267,40 @@ class FakeBackend : public backend::Backend {
 };
 
 // A FakeBackend on a pretend device that takes `device_us` per step: launch() computes the
-// step and returns at once, collect() sleeps until the device time since launch has passed, and
-// step() (the synchronous path) sleeps the whole device time. It sleeps rather than spins
-// because the host core is free while a real device runs.
+// step (the default launch(), which also takes tokens the step before sampled) and returns at
+// once; the device runs launched steps back to back, and collect() sleeps until the oldest one's
+// device time has passed. step() (the synchronous path) sleeps the whole device time. It sleeps
+// rather than spins because the host core is free while a real device runs.
 class SlowDeviceFakeBackend : public FakeBackend {
  public:
   SlowDeviceFakeBackend(FakeBackendOptions o, std::chrono::microseconds device_us)
       : FakeBackend(std::move(o)), device_us_(device_us) {}
-  ~SlowDeviceFakeBackend() override { EXPECT_FALSE(pending_) << "destroyed with a step in flight"; }
+  ~SlowDeviceFakeBackend() override { EXPECT_TRUE(done_.empty()) << "destroyed with a step in flight"; }
 
   void step(const backend::Batch& batch, bool want_logits, backend::StepOutput* out) override {
     const auto done = std::chrono::steady_clock::now() + device_us_;
     FakeBackend::step(batch, want_logits, out);
-    std::this_thread::sleep_until(done);
+    if (!in_launch_) std::this_thread::sleep_until(done);
   }
   void launch(const backend::Batch& batch, bool want_logits) override {
-    EXPECT_FALSE(pending_) << "launch() while a step is in flight";
-    done_ = std::chrono::steady_clock::now() + device_us_;
-    out_ = {};
-    FakeBackend::step(batch, want_logits, &out_);
-    pending_ = true;
+    const auto now = std::chrono::steady_clock::now();
+    done_.push_back((done_.empty() || done_.back() < now ? now : done_.back()) + device_us_);
+    in_launch_ = true;
+    Backend::launch(batch, want_logits);
+    in_launch_ = false;
   }
   void collect(backend::StepOutput* out) override {
-    EXPECT_TRUE(pending_) << "collect() without a launched step";
-    std::this_thread::sleep_until(done_);
-    *out = std::move(out_);
-    pending_ = false;
+    ASSERT_FALSE(done_.empty()) << "collect() without a launched step";
+    std::this_thread::sleep_until(done_.front());
+    done_.erase(done_.begin());
+    Backend::collect(out);
   }
   bool launch_is_async() const override { return true; }
 
  private:
   std::chrono::microseconds device_us_;
-  std::chrono::steady_clock::time_point done_;
-  backend::StepOutput out_;
-  bool pending_ = false;
+  std::vector<std::chrono::steady_clock::time_point> done_;  // launched, not collected: device end times
+  bool in_launch_ = false;
 };
 
 // An engine over a FakeBackend; `fake` stays valid while `engine` lives. With device_us > 0

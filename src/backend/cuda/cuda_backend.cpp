@@ -54,6 +54,7 @@ struct StagingLayout {
   size_t sample_rows = 0;   // int32 (max_seqs) token index of each sampled position
   size_t items = 0;         // int32x4 (max_tokens) attention work items
   size_t params = 0;        // SampleParamsDev (max_seqs)
+  size_t gather = 0;        // int32x2 (max_seqs): (token index, row of the step before) per launched-ahead input
   size_t block_tables = 0;  // int32 (max_seqs, max_blocks)
   size_t total = 0;
 
@@ -70,6 +71,7 @@ struct StagingLayout {
     sample_rows = take(4 * size_t(max_seqs));
     items = take(16 * size_t(max_tokens));
     params = take(sizeof(SampleParamsDev) * size_t(max_seqs));
+    gather = take(8 * size_t(max_seqs));
     block_tables = take(4 * size_t(max_seqs) * size_t(max_blocks));
     total = o;
   }
@@ -118,6 +120,7 @@ class CudaBackend final : public Backend {
   void launch(const Batch& batch, bool want_logits) override;
   void collect(StepOutput* out) override;
   bool launch_is_async() const override { return true; }
+  int max_steps_in_flight() const override { return 2; }
   StepTimings last_step_timings() const override { return last_timings_; }
   [[noreturn]] void debug_inject_fault() override {
     std::fprintf(stderr, "mpserve: injecting a device fault (--debug-fault-after-requests)\n");
@@ -207,7 +210,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<StagingLayout> layout_;
   unsigned char* staging_host_ = nullptr;  // pinned
   unsigned char* staging_dev_ = nullptr;
-  int32_t* out_tokens_host_ = nullptr;     // pinned (S)
+  int32_t* out_tokens_host_ = nullptr;     // pinned (2, S): alternating, one per step in flight
   // What each row of the staging block tables holds (host and device copies alike): launch()
   // packs only the ids a sequence appended since its row was last written (BatchEntry::table_epoch).
   struct TableRow {
@@ -223,17 +226,21 @@ class CudaBackend final : public Backend {
 
   std::map<int, cudaGraphExec_t> graphs_;  // by 2 * decode bucket + greedy
 
-  // The step launched and not yet collected (at most one). Its inputs sit in the staging buffer
-  // and its sampled tokens arrive in out_tokens_host_; `done_` follows the step's last copy.
-  // note: one staging buffer is enough: launch() refuses to run while a step is in flight, and
-  // collect() waits for `done_`, which the stream reaches only after the step's H2D copy.
+  // The steps launched and not yet collected, oldest first (at most two). A step's sampled
+  // tokens arrive in its half of out_tokens_host_, and its event follows its last copy.
+  // note: one staging buffer is enough: a launch packs it only after the stream has consumed the
+  // previous launch's copy (`staged_`), and the block-table record (table_rows_) then describes
+  // both the staging buffer and the device's copy.
   struct InFlight {
-    bool active = false;
     int sampled = 0;  // real (unpadded) sampled rows
     bool want_logits = false;
+    int slot = 0;     // its half of out_tokens_host_ and its event in done_
+    bool launched = false;  // false: an empty batch, nothing enqueued
   };
-  InFlight in_flight_;
-  cudaEvent_t done_ = nullptr;
+  std::vector<InFlight> in_flight_;
+  int next_slot_ = 0;
+  cudaEvent_t done_[2] = {nullptr, nullptr};
+  cudaEvent_t staged_ = nullptr;  // the stream has read the staging buffer of the last launch
 
   StepTimings last_timings_;
   // note: mutable because the engine hands out a const Backend; profiling changes only how a
@@ -286,7 +293,9 @@ CudaBackend::~CudaBackend() {
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
   gemm_.reset();
-  if (done_) cudaEventDestroy(done_);
+  for (cudaEvent_t e : done_)
+    if (e) cudaEventDestroy(e);
+  if (staged_) cudaEventDestroy(staged_);
   if (staging_host_) cudaFreeHost(staging_host_);
   if (out_tokens_host_) cudaFreeHost(out_tokens_host_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -394,7 +403,7 @@ void CudaBackend::allocate_activations() {
   CUDA_CHECK(cudaMallocHost(&staging_host_, layout_->total));
   std::memset(staging_host_, 0, layout_->total);
   table_rows_.assign(size_t(opts_.max_num_seqs), TableRow{});
-  CUDA_CHECK(cudaMallocHost(&out_tokens_host_, s * sizeof(int32_t)));
+  CUDA_CHECK(cudaMallocHost(&out_tokens_host_, 2 * s * sizeof(int32_t)));
 }
 
 void CudaBackend::allocate_kv(int64_t num_blocks) {
@@ -450,7 +459,8 @@ Status CudaBackend::init() {
   num_sms_ = prop.multiProcessorCount;
   l2_bytes_ = size_t(std::max(prop.l2CacheSize, 0));
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  for (cudaEvent_t& e : done_) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming));
 
   max_blocks_ = CEIL_DIV(opts_.max_model_len, opts_.block_size);
   tokens_per_item_ = attention_tokens_per_item(static_cast<int>(c_.num_heads), static_cast<int>(c_.num_kv_heads));
@@ -678,6 +688,7 @@ void CudaBackend::forward(const StepShape& s) {
 }
 
 void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
+  MPS_CHECK_MSG(in_flight_.empty(), "cuda backend: step() while launched steps are still to be collected");
   launch(batch, want_logits);
   collect(out);
 }
@@ -689,18 +700,31 @@ void CudaBackend::step(const Batch& batch, bool want_logits, StepOutput* out) {
 void CudaBackend::launch(const Batch& batch, bool want_logits) {
   using Clock = std::chrono::steady_clock;
   const auto t_begin = Clock::now();
-  MPS_CHECK_MSG(!in_flight_.active, "cuda backend: launch() while a step is still to be collected");
+  MPS_CHECK_MSG(in_flight_.size() < 2, "cuda backend: launch() with two steps still to be collected");
+  // note: logits_ holds one step's logits until its collect() copies them out.
+  MPS_CHECK_MSG(in_flight_.empty() || (!in_flight_.back().want_logits && !want_logits),
+                "cuda backend: a step that wants logits cannot be in flight beside another");
   CUDA_CHECK(cudaSetDevice(device_));
   last_timings_ = StepTimings{.wait_us = last_timings_.wait_us};  // the wait stays the last collect()'s
-  in_flight_ = InFlight{};
-  in_flight_.active = true;
+  InFlight f;
+  f.want_logits = want_logits;
+  f.slot = next_slot_;
+  next_slot_ ^= 1;
+  // The sampled rows of the step before, if it is still in flight (BatchEntry::prev_sample_row).
+  const int prev_sampled = in_flight_.empty() ? -1 : in_flight_.back().sampled;
   const int64_t num_tokens = batch.num_tokens();
   const int num_seqs = static_cast<int>(batch.entries.size());
   MPS_CHECK_MSG(num_tokens <= opts_.max_num_batched_tokens, "batch of {} tokens exceeds max_num_batched_tokens {}",
                 num_tokens, opts_.max_num_batched_tokens);
   MPS_CHECK_MSG(num_seqs <= opts_.max_num_seqs, "batch of {} sequences exceeds max_num_seqs {}", num_seqs,
                 opts_.max_num_seqs);
-  if (num_tokens == 0) return;  // nothing to run; collect() returns no tokens
+  if (num_tokens == 0) {  // nothing to run; collect() returns no tokens
+    in_flight_.push_back(f);
+    return;
+  }
+  // The stream must have read the last launch's staging before it is packed again (it has,
+  // unless that launch is still queued behind the step before it).
+  if (!in_flight_.empty()) CUDA_CHECK(cudaEventSynchronize(staged_));
   bool decode_only = true;
   for (const BatchEntry& e : batch.entries) decode_only = decode_only && e.tokens.size() == 1 && e.sample;
   // note: decode-only steps are padded to their bucket in eager mode too, so graphs on and off
@@ -715,8 +739,9 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   int32_t* items = host<int32_t>(L.items);
   SampleParamsDev* params = host<SampleParamsDev>(L.params);
   int32_t* tables = host<int32_t>(L.block_tables);
+  int32_t* gather = host<int32_t>(L.gather);
   const int bs = opts_.block_size;
-  int t = 0, n_items = 0, n_sampled = 0, max_kv_len = 0;
+  int t = 0, n_items = 0, n_sampled = 0, max_kv_len = 0, n_gather = 0;
   bool all_greedy = true;
   bool tables_changed = false;  // some staging row of the block tables was written this step
   for (int i = 0; i < num_seqs; ++i) {
@@ -756,6 +781,14 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
       pos[t + j] = p;
       slot[t + j] = e.block_table[size_t(p / bs)] * bs + p % bs;
     }
+    if (e.prev_sample_row >= 0) {  // the token comes from the step in flight, on the device
+      MPS_CHECK_MSG(n == 1 && e.prev_sample_row < prev_sampled,
+                    "sequence {}: input from row {} of a step in flight that sampled {}", e.seq_id,
+                    e.prev_sample_row, prev_sampled);
+      tok[t] = 0;
+      gather[2 * n_gather] = t, gather[2 * n_gather + 1] = e.prev_sample_row;
+      ++n_gather;
+    }
     for (int j0 = 0; j0 < n; j0 += tokens_per_item_) {
       int32_t* it = items + 4 * n_items++;
       it[0] = i, it[1] = t + j0, it[2] = std::min(tokens_per_item_, n - j0), it[3] = 0;
@@ -792,6 +825,9 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   const size_t bytes =
       L.block_tables + (tables_changed ? size_t(padded) * size_t(max_blocks_) * sizeof(int32_t) : size_t{0});
   CUDA_CHECK(cudaMemcpyAsync(staging_dev_, staging_host_, bytes, cudaMemcpyHostToDevice, stream_));
+  CUDA_CHECK(cudaEventRecord(staged_, stream_));
+  // out_tokens_ still holds the sampled tokens of the step before (this step's sampler runs later).
+  gather_prev_tokens(dev<int32_t>(L.tokens), dev<int32_t>(L.gather), out_tokens_, n_gather, stream_);
 
   StepShape shape;
   shape.tokens = t;
@@ -833,12 +869,13 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
     forward(shape);
   }
   if (real_sampled > 0) {
-    CUDA_CHECK(cudaMemcpyAsync(out_tokens_host_, out_tokens_, size_t(real_sampled) * sizeof(int32_t),
-                               cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(out_tokens_host_ + size_t(f.slot) * size_t(opts_.max_num_seqs), out_tokens_,
+                               size_t(real_sampled) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   }
-  CUDA_CHECK(cudaEventRecord(done_, stream_));
-  in_flight_.sampled = real_sampled;
-  in_flight_.want_logits = want_logits;
+  CUDA_CHECK(cudaEventRecord(done_[f.slot], stream_));
+  f.sampled = real_sampled;
+  f.launched = true;
+  in_flight_.push_back(f);
   const auto t_end = Clock::now();
   last_timings_.host_us = std::chrono::duration<double, std::micro>(t_end - t_begin).count();
   last_timings_.enqueue_us = std::chrono::duration<double, std::micro>(t_end - t_packed).count();
@@ -848,14 +885,14 @@ void CudaBackend::collect(StepOutput* out) {
   using Clock = std::chrono::steady_clock;
   const auto t_begin = Clock::now();
   MPS_CHECK(out != nullptr);
-  MPS_CHECK_MSG(in_flight_.active, "cuda backend: collect() without a launched step");
+  MPS_CHECK_MSG(!in_flight_.empty(), "cuda backend: collect() without a launched step");
   CUDA_CHECK(cudaSetDevice(device_));
-  const InFlight f = in_flight_;
-  in_flight_ = InFlight{};
+  const InFlight f = in_flight_.front();
+  in_flight_.erase(in_flight_.begin());
   out->tokens.clear();
   out->logits.clear();
-  if (!last_timings_.valid) return;  // an empty batch launched nothing
-  CUDA_CHECK(cudaEventSynchronize(done_));
+  if (!f.launched) return;  // an empty batch launched nothing
+  CUDA_CHECK(cudaEventSynchronize(done_[f.slot]));
   // note: logits are for tests and golden checks only; a blocking copy after the step keeps a
   // [max_num_seqs, vocab] f32 pinned buffer out of the serving path. logits_ is not written
   // again before the next launch().
@@ -865,7 +902,8 @@ void CudaBackend::collect(StepOutput* out) {
   }
   const auto t_synced = Clock::now();
   if (profiling_) profiler_.end();
-  out->tokens.assign(out_tokens_host_, out_tokens_host_ + f.sampled);
+  const int32_t* host_tokens = out_tokens_host_ + size_t(f.slot) * size_t(opts_.max_num_seqs);
+  out->tokens.assign(host_tokens, host_tokens + f.sampled);
   auto us = [](auto d) { return std::chrono::duration<double, std::micro>(d).count(); };
   last_timings_.host_us += us(Clock::now() - t_synced);
   last_timings_.wait_us = us(t_synced - t_begin);

@@ -20,7 +20,20 @@ __global__ void embed_lookup_kernel(const __nv_bfloat162* table, const int32_t* 
   for (int i = threadIdx.x; i < half_hidden; i += blockDim.x) dst[i] = __bfloat1622float2(src[i]);
 }
 
+__global__ void gather_prev_tokens_kernel(int32_t* ids, const int32_t* pairs, const int32_t* prev, int n) {
+  pdl_wait();  // `prev` is the sampler's output of the step before; `ids` its input copy
+  pdl_trigger();
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    ids[pairs[2 * i]] = prev[pairs[2 * i + 1]];
+}
+
 }  // namespace
+
+void gather_prev_tokens(int32_t* ids, const int32_t* pairs, const int32_t* prev, int n, cudaStream_t stream) {
+  CUDA_SHAPE_CHECK(n >= 0);
+  if (n == 0) return;
+  launch_kernel(gather_prev_tokens_kernel, dim3(CEIL_DIV(n, 256)), dim3(256), 0, stream, ids, pairs, prev, n);
+}
 
 void embed_lookup(const __nv_bfloat16* table, const int32_t* ids, float* out, int n, int hidden, int vocab,
                   cudaStream_t stream) {

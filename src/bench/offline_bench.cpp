@@ -25,6 +25,7 @@ struct RunStats {
   double enqueue_us_sum = 0;  // of backend_us_sum: the CUDA calls that enqueue the step
   double gap_us_sum = 0;      // async: of host_us_sum, between collect and the next launch
   int64_t host_steps = 0;
+  int64_t ahead_steps = 0;    // async: counted decode steps launched before the step before was collected
   double decode_ctx_sum = 0;  // mean keys per sequence read by each counted decode step, summed
 };
 
@@ -63,6 +64,7 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
   const bool async = eng.options().async_scheduling;
   backend::StepTimings prev_launch;
   bool prev_decode_phase = false;
+  bool prev_ahead = false;  // the previous call launched its step ahead
   RunStats st;
   int firsts = 0;
   int64_t generated_total = 0;  // tokens generated so far, all requests
@@ -71,6 +73,7 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
   while (eng.has_unfinished()) {
     const bool decode_phase = firsts == batch;
     const double gap0 = eng.stats().async_gap_ms_total;
+    const int64_t ahead0 = eng.stats().async_launched_ahead;
     const auto s0 = Clock::now();
     const std::vector<engine::RequestOutput> outs = eng.step();
     const auto s1 = Clock::now();
@@ -83,10 +86,13 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
     const backend::StepTimings& timed = async ? prev_launch : tm;  // the step this call waited for
     const bool full_decode = tm.valid ? (timed.valid && timed.decode_only && timed.num_seqs == batch)
                                       : (async ? prev_decode_phase : decode_phase);
+    const bool timed_ahead = async && prev_ahead;
     prev_launch = tm;
     prev_decode_phase = decode_phase;
+    prev_ahead = eng.stats().async_launched_ahead > ahead0;
     if (full_decode) {
       ++st.decode_steps;
+      st.ahead_steps += timed_ahead ? 1 : 0;
       // A decode step of request r reads its prompt plus the tokens generated before the step.
       st.decode_ctx_sum += len + double(generated_total) / batch;
       st.decode_step_s_sum += seconds(s1 - s0);
@@ -168,7 +174,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
         MPS_ASSIGN_OR_RETURN(RunStats ignored, run_once(eng, vocab, batch, std::min(len, 16), o.output_len, ++run_seed));
         (void)ignored;
       }
-      std::vector<double> pf, dt, ds, host, backend_host, enqueue, gap, ctxs;
+      std::vector<double> pf, dt, ds, host, backend_host, enqueue, gap, ctxs, ahead;
       for (int rep = 0; rep < o.repeats; ++rep) {
         MPS_ASSIGN_OR_RETURN(RunStats st, run_once(eng, vocab, batch, len, o.output_len, ++run_seed));
         pf.push_back(double(batch) * len / st.prefill_s);
@@ -176,6 +182,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           dt.push_back(double(batch) * double(st.decode_steps) / st.decode_step_s_sum);
           ds.push_back(st.decode_step_s_sum / double(st.decode_steps) * 1e3);
           ctxs.push_back(st.decode_ctx_sum / double(st.decode_steps));
+          ahead.push_back(double(st.ahead_steps) / double(st.decode_steps));
         }
         if (st.host_steps) {
           host.push_back(st.host_us_sum / double(st.host_steps));
@@ -197,6 +204,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
         r.enqueue_us_per_step = median(enqueue);
         if (eng.options().async_scheduling) r.gap_us_per_step = median(gap);
       }
+      if (eng.options().async_scheduling && !ahead.empty()) r.launched_ahead_frac = median(ahead);
       // Mean keys per sequence over the counted decode steps (with chunked prefill those are the
       // last ones, not L + O/2); without any, the mean over L + 1 ... L + O - 1.
       const double ctx = ctxs.empty() ? len + o.output_len / 2.0 : median(ctxs);
@@ -232,7 +240,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           "prefill_tok_s={:.0f} prefill_spread={:.3f} decode_tok_s={:.0f} decode_spread={:.3f} "
           "decode_step_ms={:.4f} step_spread={:.3f} host_us_per_step={} host_frac={} "
           "decode_bytes_per_step={:.4g} decode_roofline_frac={} prefill_flops={:.4g} prefill_peak_frac={} "
-          "copy_gb_s={} bf16_tflops={} host_backend_us={} host_enqueue_us={} host_gap_us={}",
+          "copy_gb_s={} bf16_tflops={} host_backend_us={} host_enqueue_us={} host_gap_us={} launched_ahead={}",
           o.model_label.empty() ? "?" : o.model_label, be.name(), have_ceilings ? ceil.device_name : "n/a", batch,
           len, o.output_len, o.repeats, r.prefill_tok_s, r.prefill_tok_s_spread, r.decode_tok_s,
           r.decode_tok_s_spread, r.decode_step_ms, r.decode_step_ms_spread, fmt_opt(r.host_us_per_step, "{:.1f}"),
@@ -240,7 +248,8 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           r.prefill_flops, fmt_opt(r.prefill_peak_frac, "{:.3f}"),
           have_ceilings ? fmt::format("{:.0f}", ceil.copy_gb_s) : "n/a",
           have_ceilings ? fmt::format("{:.1f}", ceil.bf16_tflops) : "n/a", fmt_opt(r.backend_host_us_per_step, "{:.1f}"),
-          fmt_opt(r.enqueue_us_per_step, "{:.1f}"), fmt_opt(r.gap_us_per_step, "{:.1f}")));
+          fmt_opt(r.enqueue_us_per_step, "{:.1f}"), fmt_opt(r.gap_us_per_step, "{:.1f}"),
+          fmt_opt(r.launched_ahead_frac, "{:.2f}")));
       results.push_back(r);
     }
   }

@@ -38,6 +38,9 @@ struct OfflineBenchResult {
   // Async scheduling: host time per decode step between collecting one step and launching the
   // next (the device idles); the rest of host_us_per_step overlaps the device. -1 in sync mode.
   double gap_us_per_step = -1;
+  // Async scheduling: the share of the decode steps that were launched before the step before them
+  // was collected (the engine's launch-ahead path; a backend with one step in flight: 0). -1 in sync mode.
+  double launched_ahead_frac = -1;
   double decode_bytes_per_step = 0, prefill_flops = 0;
   double decode_roofline_frac = -1, prefill_peak_frac = -1;  // -1: ceilings n/a
 };

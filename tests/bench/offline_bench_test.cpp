@@ -109,8 +109,12 @@ TEST(OfflineBench, decode_step_time_is_the_decode_steps_in_sync_and_async_mode) 
     if (async) {
       EXPECT_GE(r.gap_us_per_step, 0.0);
       EXPECT_LT(r.gap_us_per_step, 1000.0);
+      // This backend keeps two steps in flight: every decode step after the first is launched ahead.
+      EXPECT_GT(r.launched_ahead_frac, 0.5);
+      EXPECT_LE(r.launched_ahead_frac, 1.0);
     } else {
       EXPECT_EQ(r.gap_us_per_step, -1.0);
+      EXPECT_EQ(r.launched_ahead_frac, -1.0);
     }
   }
 }

@@ -7,7 +7,9 @@
 #   STEPS        which parts run, in order (default "tests kbench offline")
 #   KBENCH       gtest filter of the disabled kernel benches (default '*Bench*')
 #   MODELS       models for the offline rows (default "0.5b 3b")
-#   ROWS         offline rows, ';'-separated "batch:input:output" (default "1:2048:8;1:512:64")
+#   ROWS         offline rows, ';'-separated "batch:input:output" (default "1:2048:8;1:512:64"); as in
+#                bench_offline.sh, output grows by batch * input / 2048 (the chunked-prefill steps), so
+#                that `output` decode steps of the whole batch follow the longest prefill
 #   VARIANTS     ';'-separated env settings, each run for every row (default "" = one plain run),
 #                e.g. "MPSERVE_CUDA_PDL=0;MPSERVE_CUDA_PDL=1"; a variant "bin:NAME" runs PACK_DIR/NAME
 #                instead of PACK_DIR/mpserve (A/B of two builds on one machine, e.g. a baseline
@@ -62,6 +64,7 @@ for step in $STEPS; do
         fi
         for row in "${rows[@]}"; do
           IFS=: read -r b in olen <<<"$row"
+          olen=$(( olen + b * in / 2048 ))
           for v in "${variants[@]}"; do
             stamp "bench $m b=$b in=$in out=$olen [$v]"
             bin=$BIN envs=${v/plain/} args=${ARGS:-}
@@ -77,6 +80,7 @@ for step in $STEPS; do
         done
         if [[ ${PROFILE:-0} == 1 ]]; then
           IFS=: read -r b in olen <<<"${rows[0]}"
+          olen=$(( olen + b * in / 2048 ))
           "$BIN" bench offline --model "$dir" --device cuda --max-num-seqs 256 --max-num-batched-tokens 2048 \
             --max-model-len $((in + olen + 16)) --batch "$b" --input-len "$in" --output-len "$olen" --repeats 1 \
             --warmup 1 --profile >"$OUT/profile_$m.log" 2>&1 || echo "profile $m failed"

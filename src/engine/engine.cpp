@@ -104,6 +104,7 @@ struct Engine::Impl {
   std::vector<RequestOutput> step_sync();
   std::vector<RequestOutput> step_async(Clock::time_point t0);
   bool launch_ahead_ok(StepPlan& next) const;
+  backend::StepOutput collect(Clock::time_point t0);
   StepPlan plan_step();
   void launch(StepPlan plan);
   void advance(StepPlan& plan);
@@ -462,6 +463,17 @@ bool Engine::Impl::launch_ahead_ok(StepPlan& next) const {
   return true;
 }
 
+// Collects the oldest step in flight; the host time since t0 (this step() call) overlapped it.
+backend::StepOutput Engine::Impl::collect(Clock::time_point t0) {
+  const auto t_collect = Clock::now();
+  backend::StepOutput result;
+  backend->collect(&result);
+  stats.async_overlap_last_ms = ms_between(t0, t_collect);
+  stats.async_overlap_ms_total += stats.async_overlap_last_ms;
+  stats.async_collect_wait_ms_total += ms_between(t_collect, Clock::now());
+  return result;
+}
+
 std::vector<RequestOutput> Engine::Impl::step_async(Clock::time_point t0) {
   std::vector<RequestOutput> outputs = std::move(aborted);
   aborted.clear();
@@ -473,12 +485,7 @@ std::vector<RequestOutput> Engine::Impl::step_async(Clock::time_point t0) {
     in_flight.reset();
     launch(std::move(next));
     ++stats.async_launched_ahead;
-    const auto t_collect = Clock::now();
-    backend::StepOutput result;
-    backend->collect(&result);
-    stats.async_overlap_last_ms = ms_between(t0, t_collect);
-    stats.async_overlap_ms_total += stats.async_overlap_last_ms;
-    stats.async_collect_wait_ms_total += ms_between(t_collect, Clock::now());
+    const backend::StepOutput result = collect(t0);
     std::vector<uint64_t> finished_ids;
     post_process(done, result, &outputs, &finished_ids);
     retired.clear();  // aborted while t was in flight; t+1 does not run them
@@ -493,13 +500,8 @@ std::vector<RequestOutput> Engine::Impl::step_async(Clock::time_point t0) {
   }
 
   if (in_flight) {
-    const auto t_collect = Clock::now();
-    backend::StepOutput result;
-    backend->collect(&result);
+    const backend::StepOutput result = collect(t0);
     const auto t_collected = Clock::now();
-    stats.async_overlap_last_ms = ms_between(t0, t_collect);
-    stats.async_overlap_ms_total += stats.async_overlap_last_ms;
-    stats.async_collect_wait_ms_total += ms_between(t_collect, t_collected);
 
     // Tokens, finishes and the outputs of finishing sequences now; the text of the others once
     // step t+1 is on the device (their token cannot end them, so t+1 is theirs either way).

@@ -120,7 +120,8 @@ class CudaBackend final : public Backend {
   void launch(const Batch& batch, bool want_logits) override;
   void collect(StepOutput* out) override;
   bool launch_is_async() const override { return true; }
-  int max_steps_in_flight() const override { return 2; }
+  // note: one while profiling: the kernel profiler times one step at a time (launch to collect).
+  int max_steps_in_flight() const override { return profiling_ ? 1 : 2; }
   StepTimings last_step_timings() const override { return last_timings_; }
   [[noreturn]] void debug_inject_fault() override {
     std::fprintf(stderr, "mpserve: injecting a device fault (--debug-fault-after-requests)\n");

@@ -120,7 +120,7 @@ struct Engine::Impl {
   bool in_flight_holds(const Sequence* seq, int32_t* token_index) const;
   void on_sampled(Sequence& seq, int32_t token, int64_t num_tokens);
   void finish(Sequence& seq, FinishReason reason, bool release_text);
-  RequestOutput take_output(Sequence& seq);
+  RequestOutput take_output(Sequence& seq, int64_t num_tokens);
   std::vector<const Sequence*> live() const;
 
   EngineOptions opts;
@@ -261,7 +261,9 @@ void Engine::Impl::append_text(Sequence& seq, int32_t token) {
   MPS_CHECK_MSG(!hit, "seq {}: a stop string matched in a request without stop strings", seq.id);
 }
 
-RequestOutput Engine::Impl::take_output(Sequence& seq) {
+// The sequence's new tokens, text and logits so far; num_tokens: its tokens through the last one
+// reported (a step launched ahead may have appended the next placeholder already).
+RequestOutput Engine::Impl::take_output(Sequence& seq, int64_t num_tokens) {
   RequestOutput o;
   o.request_id = seq.id;
   o.new_tokens = std::move(seq.out_tokens);
@@ -273,7 +275,7 @@ RequestOutput Engine::Impl::take_output(Sequence& seq) {
   o.finished = seq.finished();
   o.finish_reason = seq.finish_reason;
   o.prompt_tokens = seq.num_prompt_tokens;
-  o.completion_tokens = seq.num_generated();
+  o.completion_tokens = static_cast<int32_t>(num_tokens - seq.num_prompt_tokens);
   return o;
 }
 
@@ -361,10 +363,7 @@ void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput&
       continue;
     }
     on_sampled(seq, token, num_tokens);
-    RequestOutput o = take_output(seq);
-    // A step launched ahead may have appended this sequence's next placeholder already.
-    o.completion_tokens = static_cast<int32_t>(num_tokens - seq.num_prompt_tokens);
-    outputs->push_back(std::move(o));
+    outputs->push_back(take_output(seq, num_tokens));
     if (seq.finished()) {
       ++finished_requests;
       scheduler.remove(&seq);
@@ -382,9 +381,7 @@ void Engine::Impl::post_process_deferred(const StepPlan& plan, const std::vector
   for (size_t i : deferred) {
     Sequence& seq = *plan.scheduled[i].seq;
     append_text(seq, seq.tokens[plan.token_index[i]]);
-    RequestOutput o = take_output(seq);
-    o.completion_tokens = plan.token_index[i] + 1 - seq.num_prompt_tokens;
-    outputs->push_back(std::move(o));
+    outputs->push_back(take_output(seq, plan.token_index[i] + 1));
   }
 }
 
@@ -565,7 +562,7 @@ void Engine::abort_request(uint64_t request_id) {
   int32_t token_index = -1;
   const bool in_flight = impl_->in_flight_holds(&seq, &token_index);
   if (token_index >= 0) seq.tokens.resize(token_index);
-  impl_->aborted.push_back(impl_->take_output(seq));
+  impl_->aborted.push_back(impl_->take_output(seq, seq.num_tokens()));
   if (in_flight) impl_->retired.push_back(std::move(it->second));
   impl_->seqs.erase(it);
 }

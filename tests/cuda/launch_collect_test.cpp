@@ -34,6 +34,19 @@ backend::BackendOptions options(int max_tokens, int max_model_len) {
   return o;
 }
 
+// Four sequences of random prompts, sequence i of first_len + i * len_step tokens, each with its
+// own 32 KV blocks (512 tokens).
+std::vector<Seq> random_seqs(uint32_t seed, int first_len, int len_step) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(0, 151642);
+  std::vector<Seq> seqs(4);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (int j = 0; j < first_len + len_step * int(i); ++j) seqs[i].tokens.push_back(tok(rng));
+    for (int b = 0; b < 32; ++b) seqs[i].table.push_back(int32_t(i) * 32 + b);
+  }
+  return seqs;
+}
+
 class LaunchCollectTest : public cuda_test::TinyModelGpuTest {
  protected:
   std::unique_ptr<backend::Backend> make(const backend::BackendOptions& o) {
@@ -52,13 +65,7 @@ TEST_F(LaunchCollectTest, launch_collect_gives_the_tokens_and_logits_of_step) {
   auto async = make(options(256, 512));
   ASSERT_TRUE(ref && async);
   EXPECT_TRUE(async->launch_is_async());
-  std::mt19937 rng(5);
-  std::uniform_int_distribution<int32_t> tok(0, 151642);
-  std::vector<Seq> seqs(4);
-  for (size_t i = 0; i < 4; ++i) {
-    for (int j = 0; j < 9 + 13 * int(i); ++j) seqs[i].tokens.push_back(tok(rng));
-    for (int b = 0; b < 32; ++b) seqs[i].table.push_back(int32_t(i) * 32 + b);
-  }
+  std::vector<Seq> seqs = random_seqs(5, 9, 13);
   for (int step = 0; step < 21; ++step) {
     const size_t n_seqs = step < 10 ? 3 : 4;
     // Copies the step owns, so the async run can scribble over them after launch().
@@ -110,13 +117,7 @@ TEST_F(LaunchCollectTest, launch_ahead_takes_the_tokens_of_the_step_in_flight) {
   auto ahead = make(options(256, 512));
   ASSERT_TRUE(ref && ahead);
   EXPECT_EQ(ahead->max_steps_in_flight(), 2);
-  std::mt19937 rng(7);
-  std::uniform_int_distribution<int32_t> tok(0, 151642);
-  std::vector<Seq> seqs(4);
-  for (size_t i = 0; i < 4; ++i) {
-    for (int j = 0; j < 5 + 11 * int(i); ++j) seqs[i].tokens.push_back(tok(rng));
-    for (int b = 0; b < 32; ++b) seqs[i].table.push_back(int32_t(i) * 32 + b);
-  }
+  std::vector<Seq> seqs = random_seqs(7, 5, 11);
   const std::vector<int32_t> placeholder = {-1};
   std::vector<size_t> prev_order;  // the sequences of the previous step's sampled rows, in row order
   std::vector<std::vector<int32_t>> ref_tokens, ahead_tokens;

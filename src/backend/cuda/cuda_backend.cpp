@@ -239,7 +239,6 @@ class CudaBackend final : public Backend {
     bool launched = false;  // false: an empty batch, nothing enqueued
   };
   std::vector<InFlight> in_flight_;
-  int next_slot_ = 0;
   cudaEvent_t done_[2] = {nullptr, nullptr};
   cudaEvent_t staged_ = nullptr;  // the stream has read the staging buffer of the last launch
 
@@ -709,8 +708,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   last_timings_ = StepTimings{.wait_us = last_timings_.wait_us};  // the wait stays the last collect()'s
   InFlight f;
   f.want_logits = want_logits;
-  f.slot = next_slot_;
-  next_slot_ ^= 1;
+  f.slot = in_flight_.empty() ? 0 : 1 - in_flight_.back().slot;  // the half the step in flight does not use
   // The sampled rows of the step before, if it is still in flight (BatchEntry::prev_sample_row).
   const int prev_sampled = in_flight_.empty() ? -1 : in_flight_.back().sampled;
   const int64_t num_tokens = batch.num_tokens();

@@ -307,6 +307,27 @@ TEST_F(CudaKernels, decode_attention_matches_cpu_over_partitions_and_groups) {
   }
 }
 
+// One block per (sequence, kv head) (decode_one_block_keys): one partition of up to every lane's
+// tile of every warp, sequences from one key to the tables' 2048; and the policy's choices.
+TEST_F(CudaKernels, decode_attention_one_block_per_sequence_matches_cpu) {
+  for (int warps : {4, 8}) {
+    const int keys = warps * 512;
+    const std::vector<int> ctxs = {0, 15, 16, 200, 511, 512, 777, 1500, 2047};
+    for (int group = 1; group <= 8; ++group) {
+      check_decode_attention(rng_, 64, 2 * group, 2, {ctxs}, keys, warps);
+      check_decode_attention(rng_, 128, 2 * group, 2, {ctxs}, keys, warps);
+    }
+    check_decode_attention(rng_, 128, 28, 4, {{700, 0, 129}, {64, 1500, 129}, {2047, 0, 33}}, keys, warps);
+  }
+  EXPECT_EQ(api::decode_one_block_keys(256, 2, 2048), 2048);
+  EXPECT_EQ(api::decode_one_block_keys(256, 2, 2049), 0);
+  EXPECT_EQ(api::decode_one_block_keys(64, 2, 700), 2048);
+  EXPECT_EQ(api::decode_one_block_keys(32, 4, 1500), 2048);
+  EXPECT_EQ(api::decode_one_block_keys(16, 2, 512), 2048);
+  EXPECT_EQ(api::decode_one_block_keys(16, 2, 513), 0);
+  EXPECT_EQ(api::decode_one_block_keys(8, 2, 100), 0);  // 16 pairs: 8-warp blocks, clusters
+}
+
 // Cluster mode (the blocks of a (sequence, kv head) merge through distributed shared memory):
 // clusters of 2, 4, 8 with 4 and 8 warps, sequences short enough for one block (the rest of the
 // cluster idle), long ones split over every block, lengths that leave the last blocks empty; and

@@ -63,7 +63,9 @@ struct DecodeAttentionArgs {
   int head_dim = 0;                        // 64 or 128
   int block_size = 0;                      // multiple of 16
   float scale = 0.f;
-  int partition_size = 0;                  // multiple of 32, <= kDecodeMaxPartition
+  // Multiple of 32, <= kDecodeMaxPartition; with max_partitions 1 and no cluster, up to every
+  // lane's tile of every warp (warps * 512 keys: decode_one_block_keys).
+  int partition_size = 0;
   int max_partitions = 0;
   float* partial_o = nullptr;
   float* partial_ml = nullptr;
@@ -98,6 +100,15 @@ struct DecodeAttentionArgs {
 int decode_cluster(int num_tokens, int n_kv_heads, int max_kv_len);
 // Whether cluster mode can cover sequences of max_kv_len keys with `warps` warps per block.
 bool decode_cluster_ok(int cluster, int warps, int max_kv_len);
+
+// One block per (sequence, kv head) for a whole decode step: returns the keys per block to use
+// (partition_size, with max_partitions 1 and no cluster) when the step should run that way, else
+// 0 (the bucket's cluster or partition policy). Depends on the step's longest sequence, so the
+// backend keeps a graph per bucket for each of the two ways. Many pairs fill the GPU without
+// splitting a sequence, and splitting costs blocks that wait at cluster barriers or merge through
+// L2 (or, for short sequences, sit empty): from 128 pairs up for sequences up to what a 4-warp
+// block can hold (2048 keys), from 32 pairs up for sequences up to kDecodeMaxPartition keys.
+int decode_one_block_keys(int num_tokens, int n_kv_heads, int max_kv_len);
 
 // Keys per decode partition: the smallest power of two (64..kDecodeMaxPartition) that still gives
 // about two blocks per SM when every sequence is max_kv_len long. Fixed per batch bucket so eager

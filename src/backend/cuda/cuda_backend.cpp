@@ -102,6 +102,7 @@ struct StepShape {
   int partition = 0;       // decode attention keys per block (0: general kernel)
   int max_partitions = 0;
   int cluster = 0;         // decode attention cluster mode's size (0 or 1: the partition path)
+  bool one_block = false;  // decode attention: one block per (sequence, kv head) (decode_one_block_keys)
 };
 
 class CudaBackend final : public Backend {
@@ -168,6 +169,7 @@ class CudaBackend final : public Backend {
   int num_sms_ = 0;
   // Decode attention may use cluster mode (MPSERVE_CUDA_CLUSTER_ATTENTION, default on).
   bool cluster_attention_ = env::get_string(env::kCudaClusterAttention, "1") != "0";
+  bool one_block_attention_ = env::get_string(env::kCudaOneBlockAttention, "1") != "0";
   cudaStream_t stream_ = nullptr;
   DeviceMemory mem_;
   std::unique_ptr<Gemm> gemm_;
@@ -836,9 +838,18 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   shape.decode = decode_only;
   shape.greedy = all_greedy;
   if (decode_only && decode_kernel_ok()) {
-    shape.partition = partition_for(padded);
-    shape.max_partitions = CEIL_DIV(max_blocks_ * bs, shape.partition);
-    if (cluster_attention_) shape.cluster = decode_cluster(padded, static_cast<int>(c_.num_kv_heads), max_blocks_ * bs);
+    const int one_block_keys =
+        one_block_attention_ ? decode_one_block_keys(padded, static_cast<int>(c_.num_kv_heads), max_kv_len) : 0;
+    if (one_block_keys > 0) {
+      shape.partition = one_block_keys;
+      shape.max_partitions = 1;
+      shape.one_block = true;
+    } else {
+      shape.partition = partition_for(padded);
+      shape.max_partitions = CEIL_DIV(max_blocks_ * bs, shape.partition);
+      if (cluster_attention_)
+        shape.cluster = decode_cluster(padded, static_cast<int>(c_.num_kv_heads), max_blocks_ * bs);
+    }
   }
   last_timings_.valid = true;
   last_timings_.decode_only = decode_only;
@@ -849,7 +860,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
     forward(shape);
   } else if (decode_only && opts_.cuda_graphs) {
     last_timings_.graph = true;
-    const int key = 2 * padded + (all_greedy ? 1 : 0);
+    const int key = 4 * padded + (shape.one_block ? 2 : 0) + (all_greedy ? 1 : 0);
     auto it = graphs_.find(key);
     if (it != graphs_.end()) {
       CUDA_CHECK(cudaGraphLaunch(it->second, stream_));

@@ -463,6 +463,22 @@ bool decode_cluster_ok(int cluster, int warps, int max_kv_len) {
   return cluster >= 2 && cluster <= kMaxCluster && max_kv_len <= cluster * warps * 32 * kTile;
 }
 
+// note: measured on an H200 (DecodeAttentionBench one_block_per_sequence, L2 evicted, 0.5B-7B
+// heads, max_len = ctx + 64): against clusters of 2, one 4-warp block per (sequence, kv head) is
+// 3-41% faster at every context from 150 to 1500 keys from 128 pairs up (3B batch 256: 25.1 ->
+// 18.0 us at ctx 150, 40.4 -> 26.3 at 300, 77.5 -> 67.4 at 1000; batch 64: 11.8 -> 8.6 at 300).
+// At 32-64 pairs it wins up to ~450 keys (3B batch 16 ctx 300: 7.8 -> 6.5 us) and loses from
+// ~700-1000 (batch 16 ctx 1500: 13.6 -> 18.4). Below 32 pairs the cluster policy stays.
+int decode_one_block_keys(int num_tokens, int n_kv_heads, int max_kv_len) {
+  const int pairs = num_tokens * n_kv_heads;
+  const int warps = decode_warps(num_tokens, n_kv_heads);
+  const int keys = warps * 32 * kTile;  // every lane's tile of every warp
+  if (warps != 4) return 0;
+  if (pairs >= 128 && max_kv_len <= keys) return keys;
+  if (pairs >= 32 && max_kv_len <= kDecodeMaxPartition) return keys;
+  return 0;
+}
+
 int decode_partition_size(int num_tokens, int n_kv_heads, int max_kv_len, int num_sms) {
   const int want = CEIL_DIV(2 * num_sms, num_tokens * n_kv_heads);
   int p = 64;
@@ -474,10 +490,12 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(a.n_heads > 0 && a.n_kv_heads > 0 && a.n_heads % a.n_kv_heads == 0);
   CUDA_SHAPE_CHECK(a.n_heads / a.n_kv_heads <= kDecodeMaxGroup);
   CUDA_SHAPE_CHECK(a.head_dim == 64 || a.head_dim == 128);
-  CUDA_SHAPE_CHECK(a.partition_size > 0 && a.partition_size % 32 == 0 && a.partition_size <= kDecodeMaxPartition);
   CUDA_SHAPE_CHECK(a.block_size > 0 && a.block_size % kTile == 0 && a.max_blocks_per_seq > 0);
   CUDA_SHAPE_CHECK(a.warps == 0 || a.warps == 4 || a.warps == 8);
   const int w = a.warps ? a.warps : decode_warps(a.num_tokens, a.n_kv_heads);
+  // One block per (sequence, kv head) may take up to every lane's tile of every warp.
+  const int one_block_keys = a.cluster <= 1 && a.max_partitions == 1 ? w * 32 * kTile : kDecodeMaxPartition;
+  CUDA_SHAPE_CHECK(a.partition_size > 0 && a.partition_size % 32 == 0 && a.partition_size <= one_block_keys);
   if (a.cluster > 1) {
     CUDA_SHAPE_CHECK(a.cluster == 2 || a.cluster == 4 || a.cluster == 8);
     CUDA_SHAPE_CHECK(decode_cluster_ok(a.cluster, w, a.max_blocks_per_seq * a.block_size));
@@ -489,7 +507,7 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   }
   CUDA_SHAPE_CHECK(a.cluster > 1 || a.fixed_partition == 0 ||
                    (a.fixed_partition % 32 == 0 && a.fixed_partition >= a.partition_size &&
-                    a.fixed_partition <= kDecodeMaxPartition));
+                    a.fixed_partition <= one_block_keys));
   if (a.num_tokens == 0) return;
   static const int forced = [] {  // MPSERVE_CUDA_ATTN_STAGES: 2 or 3, else 0 (the policy)
     const std::string v = env::get_string(env::kCudaAttnStages, "");

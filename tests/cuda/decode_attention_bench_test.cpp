@@ -168,5 +168,26 @@ TEST(DecodeAttentionBench, DISABLED_one_block_per_sequence) {
         }
 }
 
+// One block per (sequence, kv head) with 1, 2 or 4 warps (1 warp: up to 512 keys, 2: 1024):
+// lighter blocks put more sequences on an SM at once.
+TEST(DecodeAttentionBench, DISABLED_one_block_warps) {
+  if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
+  const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-1.5b", 12, 2, 128}, {"qwen2.5-3b", 16, 2, 128},
+                              {"qwen2.5-7b", 28, 4, 128}};
+  for (const HeadShape& h : shapes)
+    for (int batch : {32, 64, 128, 256})
+      for (int ctx : {150, 300, 450, 700, 950})
+        for (int warps : {1, 2, 4}) {
+          const int max_len = ctx + 64;
+          if (max_len > warps * 512) continue;
+          const api::DecodeAttentionBench r = api::decode_attention_bench(
+              h.n_heads, h.n_kv_heads, h.head_dim, batch, ctx, max_len, 9, 1234, warps * 512, warps, 1);
+          std::printf("BENCH kernel=decode_attention_one_warps shape=%s batch=%d ctx=%d warps=%d us=%.2f GBps=%.0f\n",
+                      h.name, batch, ctx, r.warps, r.us_median, r.kv_bytes / (r.us_median * 1e3));
+          std::fflush(stdout);
+          EXPECT_GT(r.us_median, 0.0);
+        }
+}
+
 }  // namespace
 }  // namespace mpserve

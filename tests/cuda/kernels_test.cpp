@@ -236,8 +236,8 @@ TEST_F(CudaKernels, attention_decode_split_k_matches_unsplit) {
 // its counters at 0. ctx is the query's position: ctx + 1 keys are visible.
 void check_decode_attention(std::mt19937& rng, int head_dim, int nh, int nkv,
                             const std::vector<std::vector<int>>& ctxs_per_launch, int partition, int warps = 0,
-                            int cluster = 1) {
-  const int bs = 16, max_blocks = 128;
+                            int cluster = 1, int max_blocks = 128) {
+  const int bs = 16;
   const int qd = nh * head_dim, t = int(ctxs_per_launch.at(0).size());
   std::vector<int> longest(size_t(t), 0);  // the tables cover each sequence's longest launch
   for (const auto& ctxs : ctxs_per_launch)
@@ -307,11 +307,12 @@ TEST_F(CudaKernels, decode_attention_matches_cpu_over_partitions_and_groups) {
   }
 }
 
-// One block per (sequence, kv head) (decode_one_block_keys): one partition of up to every lane's
-// tile of every warp, sequences from one key to the tables' 2048; and the policy's choices.
+// One block per (sequence, kv head) (decode_one_block_warps): one partition of every lane's tile
+// of every warp (warps * 512 keys) over tables of 2048 keys, so 1- and 2-warp blocks also run
+// the partition path with merges; sequences from one key to 2047; and the policy's choices.
 TEST_F(CudaKernels, decode_attention_one_block_per_sequence_matches_cpu) {
-  for (int warps : {4, 8}) {
-    const int keys = warps * 512;
+  for (int warps : {1, 2, 4, 8}) {
+    const int keys = warps >= 4 ? warps * 512 : 512;
     const std::vector<int> ctxs = {0, 15, 16, 200, 511, 512, 777, 1500, 2047};
     for (int group = 1; group <= 8; ++group) {
       check_decode_attention(rng_, 64, 2 * group, 2, {ctxs}, keys, warps);
@@ -319,13 +320,24 @@ TEST_F(CudaKernels, decode_attention_one_block_per_sequence_matches_cpu) {
     }
     check_decode_attention(rng_, 128, 28, 4, {{700, 0, 129}, {64, 1500, 129}, {2047, 0, 33}}, keys, warps);
   }
-  EXPECT_EQ(api::decode_one_block_keys(256, 2, 2048), 2048);
-  EXPECT_EQ(api::decode_one_block_keys(256, 2, 2049), 0);
-  EXPECT_EQ(api::decode_one_block_keys(64, 2, 700), 2048);
-  EXPECT_EQ(api::decode_one_block_keys(32, 4, 1500), 2048);
-  EXPECT_EQ(api::decode_one_block_keys(16, 2, 512), 2048);
-  EXPECT_EQ(api::decode_one_block_keys(16, 2, 513), 0);
-  EXPECT_EQ(api::decode_one_block_keys(8, 2, 100), 0);  // 16 pairs: 8-warp blocks, clusters
+  // As the backend runs 1- and 2-warp blocks: tables of warps * 512 keys, one partition.
+  for (int warps : {1, 2}) {
+    const int keys = warps * 512;
+    const std::vector<int> ctxs = {0, 15, 16, 200, 511, keys - 1};
+    for (int group = 1; group <= 8; ++group) {
+      check_decode_attention(rng_, 64, 2 * group, 2, {ctxs}, keys, warps, 1, keys / 16);
+      check_decode_attention(rng_, 128, 2 * group, 2, {ctxs}, keys, warps, 1, keys / 16);
+    }
+  }
+  EXPECT_EQ(api::decode_one_block_warps(256, 2, 1024), 2);
+  EXPECT_EQ(api::decode_one_block_warps(256, 2, 1025), 4);
+  EXPECT_EQ(api::decode_one_block_warps(256, 2, 2048), 4);
+  EXPECT_EQ(api::decode_one_block_warps(256, 2, 2049), 0);
+  EXPECT_EQ(api::decode_one_block_warps(64, 2, 700), 4);
+  EXPECT_EQ(api::decode_one_block_warps(32, 4, 1500), 4);
+  EXPECT_EQ(api::decode_one_block_warps(16, 2, 512), 4);
+  EXPECT_EQ(api::decode_one_block_warps(16, 2, 513), 0);
+  EXPECT_EQ(api::decode_one_block_warps(8, 2, 100), 0);  // 16 pairs: 8-warp blocks, clusters
 }
 
 // Cluster mode (the blocks of a (sequence, kv head) merge through distributed shared memory):

@@ -64,7 +64,7 @@ struct DecodeAttentionArgs {
   int block_size = 0;                      // multiple of 16
   float scale = 0.f;
   // Multiple of 32, <= kDecodeMaxPartition; with max_partitions 1 and no cluster, up to every
-  // lane's tile of every warp (warps * 512 keys: decode_one_block_keys).
+  // lane's tile of every warp (warps * 512 keys: decode_one_block_warps).
   int partition_size = 0;
   int max_partitions = 0;
   float* partial_o = nullptr;
@@ -72,7 +72,9 @@ struct DecodeAttentionArgs {
   // (T, n_kv_heads) int32, all 0 before the first launch; every launch leaves them 0 again (the
   // merging block resets its counter), so one buffer serves every layer and graph replay.
   int32_t* counters = nullptr;
-  int warps = 0;  // warps per block, 4 or 8; 0 = decode_warps(num_tokens, n_kv_heads)
+  // Warps per block, 4 or 8, or 1 or 2 off cluster mode (at most warps * 512 keys per block);
+  // 0 = decode_warps(num_tokens, n_kv_heads).
+  int warps = 0;
   // > 0: every sequence is cut into partitions of exactly this many keys (benchmarks of the
   // partition policy); 0: the policy (sequence_partition in decode_attention.cu). A multiple of 32,
   // >= partition_size.
@@ -101,14 +103,15 @@ int decode_cluster(int num_tokens, int n_kv_heads, int max_kv_len);
 // Whether cluster mode can cover sequences of max_kv_len keys with `warps` warps per block.
 bool decode_cluster_ok(int cluster, int warps, int max_kv_len);
 
-// One block per (sequence, kv head) for a whole decode step: returns the keys per block to use
-// (partition_size, with max_partitions 1 and no cluster) when the step should run that way, else
-// 0 (the bucket's cluster or partition policy). Depends on the step's longest sequence, so the
-// backend keeps a graph per bucket for each of the two ways. Many pairs fill the GPU without
-// splitting a sequence, and splitting costs blocks that wait at cluster barriers or merge through
-// L2 (or, for short sequences, sit empty): from 128 pairs up for sequences up to what a 4-warp
-// block can hold (2048 keys), from 32 pairs up for sequences up to kDecodeMaxPartition keys.
-int decode_one_block_keys(int num_tokens, int n_kv_heads, int max_kv_len);
+// One block per (sequence, kv head) for a whole decode step: returns the warps per block (2 or 4)
+// when the step should run that way, else 0 (the bucket's cluster or partition policy). Such a
+// step sets warps, partition_size = warps * 512 (every lane's tile of every warp),
+// max_partitions 1 and no cluster. Depends on the step's longest sequence, so the backend keeps
+// a graph per bucket for each choice. Many pairs fill the GPU without splitting a sequence, and
+// splitting costs blocks that wait at cluster barriers or merge through L2 (or, for short
+// sequences, sit empty): from 128 pairs up for sequences up to 2048 keys, from 32 pairs up for
+// sequences up to kDecodeMaxPartition keys; from 512 pairs, up to 1024 keys, 2-warp blocks.
+int decode_one_block_warps(int num_tokens, int n_kv_heads, int max_kv_len);
 
 // Keys per decode partition: the smallest power of two (64..kDecodeMaxPartition) that still gives
 // about two blocks per SM when every sequence is max_kv_len long. Fixed per batch bucket so eager

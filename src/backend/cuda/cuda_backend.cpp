@@ -102,7 +102,7 @@ struct StepShape {
   int partition = 0;       // decode attention keys per block (0: general kernel)
   int max_partitions = 0;
   int cluster = 0;         // decode attention cluster mode's size (0 or 1: the partition path)
-  bool one_block = false;  // decode attention: one block per (sequence, kv head) (decode_one_block_keys)
+  int one_block_warps = 0;  // > 0: decode attention's one block per (sequence, kv head) (decode_one_block_warps)
 };
 
 class CudaBackend final : public Backend {
@@ -614,6 +614,7 @@ void CudaBackend::forward(const StepShape& s) {
         a.partial_ml = partial_ml_;
         a.counters = decode_counters_;
         a.cluster = s.cluster;
+        a.warps = s.one_block_warps;
         a.max_shared = !fused || use_mma;  // GEMV neighbours want L1; the others most shared memory
         decode_attention(a, stream_);
       } else {
@@ -838,12 +839,11 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
   shape.decode = decode_only;
   shape.greedy = all_greedy;
   if (decode_only && decode_kernel_ok()) {
-    const int one_block_keys =
-        one_block_attention_ ? decode_one_block_keys(padded, static_cast<int>(c_.num_kv_heads), max_kv_len) : 0;
-    if (one_block_keys > 0) {
-      shape.partition = one_block_keys;
+    shape.one_block_warps =
+        one_block_attention_ ? decode_one_block_warps(padded, static_cast<int>(c_.num_kv_heads), max_kv_len) : 0;
+    if (shape.one_block_warps > 0) {
+      shape.partition = shape.one_block_warps * 512;
       shape.max_partitions = 1;
-      shape.one_block = true;
     } else {
       shape.partition = partition_for(padded);
       shape.max_partitions = CEIL_DIV(max_blocks_ * bs, shape.partition);
@@ -860,7 +860,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
     forward(shape);
   } else if (decode_only && opts_.cuda_graphs) {
     last_timings_.graph = true;
-    const int key = 4 * padded + (shape.one_block ? 2 : 0) + (all_greedy ? 1 : 0);
+    const int key = (8 * padded + shape.one_block_warps) * 2 + (all_greedy ? 1 : 0);
     auto it = graphs_.find(key);
     if (it != graphs_.end()) {
       CUDA_CHECK(cudaGraphLaunch(it->second, stream_));

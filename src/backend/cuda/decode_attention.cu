@@ -17,6 +17,7 @@
 //     the last of its blocks to finish (an atomic counter per (sequence, kv head), reset to 0 by
 //     that block, so graph replays start from 0) merges them: a fence, an atomic and two reads
 //     through L2 in a row, ~3-4 us at batch 1, which is why small steps use clusters.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -463,19 +464,21 @@ bool decode_cluster_ok(int cluster, int warps, int max_kv_len) {
   return cluster >= 2 && cluster <= kMaxCluster && max_kv_len <= cluster * warps * 32 * kTile;
 }
 
-// note: measured on an H200 (DecodeAttentionBench one_block_per_sequence, L2 evicted, 0.5B-7B
-// heads, max_len = ctx + 64): against clusters of 2, one 4-warp block per (sequence, kv head) is
-// 3-41% faster at every context from 150 to 1500 keys from 128 pairs up (3B batch 256: 25.1 ->
-// 18.0 us at ctx 150, 40.4 -> 26.3 at 300, 77.5 -> 67.4 at 1000; batch 64: 11.8 -> 8.6 at 300).
-// At 32-64 pairs it wins up to ~450 keys (3B batch 16 ctx 300: 7.8 -> 6.5 us) and loses from
-// ~700-1000 (batch 16 ctx 1500: 13.6 -> 18.4). Below 32 pairs the cluster policy stays.
-int decode_one_block_keys(int num_tokens, int n_kv_heads, int max_kv_len) {
+// note: measured on an H200 (DecodeAttentionBench one_block_per_sequence and one_block_warps, L2
+// evicted, 0.5B-7B heads, max_len = ctx + 64). Against clusters of 2, one 4-warp block per
+// (sequence, kv head) is 3-41% faster at every context from 150 to 1500 keys from 128 pairs up
+// (3B batch 256: 25.1 -> 18.0 us at ctx 150, 40.4 -> 26.3 at 300, 77.5 -> 67.4 at 1000; batch 64:
+// 11.8 -> 8.6 at 300). At 32-64 pairs it wins up to ~450 keys (3B batch 16 ctx 300: 7.8 -> 6.5 us)
+// and loses from ~700-1000 (batch 16 ctx 1500: 13.6 -> 18.4). From 512 pairs, 2-warp blocks (four
+// per SM) beat 4-warp ones up to 1024 keys (3B batch 256: 18.0 -> 14.4 us at ctx 150, 64.4 -> 63.4
+// at 950); below 512 pairs they lose (3B batch 64 ctx 300: 8.6 -> 10.1). 1-warp blocks lose to
+// 2-warp ones everywhere. Below 32 pairs the cluster policy stays.
+int decode_one_block_warps(int num_tokens, int n_kv_heads, int max_kv_len) {
   const int pairs = num_tokens * n_kv_heads;
-  const int warps = decode_warps(num_tokens, n_kv_heads);
-  const int keys = warps * 32 * kTile;  // every lane's tile of every warp
-  if (warps != 4) return 0;
-  if (pairs >= 128 && max_kv_len <= keys) return keys;
-  if (pairs >= 32 && max_kv_len <= kDecodeMaxPartition) return keys;
+  if (decode_warps(num_tokens, n_kv_heads) != 4) return 0;
+  if (pairs >= 512 && max_kv_len <= 2 * 32 * kTile) return 2;
+  if (pairs >= 128 && max_kv_len <= 4 * 32 * kTile) return 4;
+  if (pairs >= 32 && max_kv_len <= kDecodeMaxPartition) return 4;
   return 0;
 }
 
@@ -491,10 +494,12 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(a.n_heads / a.n_kv_heads <= kDecodeMaxGroup);
   CUDA_SHAPE_CHECK(a.head_dim == 64 || a.head_dim == 128);
   CUDA_SHAPE_CHECK(a.block_size > 0 && a.block_size % kTile == 0 && a.max_blocks_per_seq > 0);
-  CUDA_SHAPE_CHECK(a.warps == 0 || a.warps == 4 || a.warps == 8);
+  CUDA_SHAPE_CHECK(a.warps == 0 || a.warps == 1 || a.warps == 2 || a.warps == 4 || a.warps == 8);
   const int w = a.warps ? a.warps : decode_warps(a.num_tokens, a.n_kv_heads);
+  CUDA_SHAPE_CHECK(w >= 4 || a.cluster <= 1);  // 1- and 2-warp blocks: the partition path only
   // One block per (sequence, kv head) may take up to every lane's tile of every warp.
-  const int one_block_keys = a.cluster <= 1 && a.max_partitions == 1 ? w * 32 * kTile : kDecodeMaxPartition;
+  const int one_block_keys =
+      a.cluster <= 1 && a.max_partitions == 1 ? w * 32 * kTile : std::min(w * 32 * kTile, kDecodeMaxPartition);
   CUDA_SHAPE_CHECK(a.partition_size > 0 && a.partition_size % 32 == 0 && a.partition_size <= one_block_keys);
   if (a.cluster > 1) {
     CUDA_SHAPE_CHECK(a.cluster == 2 || a.cluster == 4 || a.cluster == 8);
@@ -514,8 +519,16 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
     return v == "2" ? 2 : v == "3" ? 3 : 0;
   }();
   auto with_stages = [&]<int S>() {
-    if (a.head_dim == 64) return w == 8 ? launch<64, 8, S>(a, stream) : launch<64, 4, S>(a, stream);
-    return w == 8 ? launch<128, 8, S>(a, stream) : launch<128, 4, S>(a, stream);
+    auto with_warps = [&]<int D>() {
+      switch (w) {
+        case 1: return launch<D, 1, S>(a, stream);
+        case 2: return launch<D, 2, S>(a, stream);
+        case 4: return launch<D, 4, S>(a, stream);
+        default: return launch<D, 8, S>(a, stream);
+      }
+    };
+    if (a.head_dim == 64) return with_warps.template operator()<64>();
+    return with_warps.template operator()<128>();
   };
   if ((forced > 0 ? forced : decode_stages(w)) == 2) return with_stages.template operator()<2>();
   with_stages.template operator()<3>();

@@ -665,8 +665,8 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
   return outs;
 }
 
-int decode_one_block_keys(int num_tokens, int n_kv_heads, int max_kv_len) {
-  return cuda::decode_one_block_keys(num_tokens, n_kv_heads, max_kv_len);
+int decode_one_block_warps(int num_tokens, int n_kv_heads, int max_kv_len) {
+  return cuda::decode_one_block_warps(num_tokens, n_kv_heads, max_kv_len);
 }
 
 DecodeAttentionBench decode_attention_bench(int n_heads, int n_kv_heads, int head_dim, int batch, int ctx,

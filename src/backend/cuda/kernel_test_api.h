@@ -147,8 +147,8 @@ std::vector<std::vector<float>> decode_attention_launches(const std::vector<floa
                                                           int head_dim, int block_size, int partition_size,
                                                           int warps = 0, int cluster = 1);
 
-// The backend's choice of one block per (sequence, kv head) (attention.cuh): keys per block, or 0.
-int decode_one_block_keys(int num_tokens, int n_kv_heads, int max_kv_len);
+// The backend's choice of one block per (sequence, kv head) (attention.cuh): warps per block, or 0.
+int decode_one_block_warps(int num_tokens, int n_kv_heads, int max_kv_len);
 
 struct DecodeAttentionBench {
   double us_median = 0, us_min = 0, us_max = 0;  // per launch

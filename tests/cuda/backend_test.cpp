@@ -236,6 +236,66 @@ TEST_F(CudaBackendTest, decode_on_the_tensor_core_linears_matches_cpu) {
   else ::unsetenv(var);
 }
 
+// Decode attention's way per step follows the step's longest sequence (decode_one_block_warps):
+// with 4096-key tables and 254-256 rows, steps whose sequences are all short run 2-warp blocks,
+// one of 1500 keys 4-warp blocks, one of 2100 keys the cluster policy; each way's graph is
+// captured and replayed, and every step's logits agree with the CPU backend.
+TEST_F(CudaBackendTest, decode_attention_ways_follow_the_longest_sequence) {
+  auto m = make_model(model::Arch::kQwen2, 64, false, 21);
+  backend::BackendOptions oc = options(backend::Device::kCpu), og = options(backend::Device::kCuda);
+  for (backend::BackendOptions* o : {&oc, &og}) {
+    o->max_num_seqs = 256;
+    o->max_model_len = 4096;
+    o->max_num_batched_tokens = 4096;
+  }
+  oc.cpu_kv_cache_bytes = int64_t{512} << 20;
+  auto cpu = make(*m, oc);
+  auto gpu = make(*m, og);
+  ASSERT_TRUE(cpu && gpu);
+  std::mt19937 rng(21);
+  std::uniform_int_distribution<int32_t> tok(0, 511);
+  std::vector<Seq> seqs(256);
+  int next_block = 0;
+  for (int i = 0; i < 256; ++i) {
+    const int len = i == 0 ? 1500 : i == 1 ? 2100 : 5 + i % 60;
+    for (int j = 0; j < len; ++j) seqs[size_t(i)].tokens.push_back(tok(rng));
+    for (int b = 0; b < (len + 16 + 15) / 16; ++b) seqs[size_t(i)].table.push_back(next_block++);
+  }
+  auto run = [&](const Batch& b, const std::string& what) {
+    StepOutput oc, og;
+    cpu->step(b, true, &oc);
+    gpu->step(b, true, &og);
+    EXPECT_LT(rel_err(og.logits, oc.logits), kLogitTol) << what;
+    return oc;
+  };
+  auto step_rows = [&](const std::vector<int>& rows, const std::string& what) {
+    Batch b;
+    for (int k : rows) {
+      const Seq& q = seqs[size_t(k)];
+      b.entries.push_back(entry(q, int(q.tokens.size()) - q.cached, k));
+    }
+    const StepOutput o = run(b, what);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Seq& q = seqs[size_t(rows[r])];
+      q.cached = int32_t(q.tokens.size());
+      q.tokens.push_back(o.tokens[r]);
+    }
+  };
+  auto range = [](int begin, int end, int skip = -1) {
+    std::vector<int> r;
+    for (int k = begin; k < end; ++k)
+      if (k != skip) r.push_back(k);
+    return r;
+  };
+  step_rows({0}, "prefill 1500");
+  step_rows({1}, "prefill 2100");
+  for (int i = 2; i < 256; i += 32) step_rows(range(i, std::min(i + 32, 256)), "prefill from " + std::to_string(i));
+  for (int step = 0; step < 3; ++step) step_rows(range(2, 256), "decode, all short, step " + std::to_string(step));
+  for (int step = 0; step < 3; ++step) step_rows(range(0, 256, 1), "decode with 1500 keys, step " + std::to_string(step));
+  for (int step = 0; step < 3; ++step) step_rows(range(0, 256), "decode with 2100 keys, step " + std::to_string(step));
+  for (int step = 0; step < 2; ++step) step_rows(range(2, 256), "decode, all short again, step " + std::to_string(step));
+}
+
 TEST_F(CudaBackendTest, ablations_match_cpu) {
   auto m = make_model(model::Arch::kQwen2, 64, false, 3);
   compare_backends(*m, backend::Ablation::kNoAttention);

@@ -67,6 +67,11 @@ struct DecodeAttentionArgs {
   // lane's tile of every warp (warps * 512 keys: decode_one_block_warps).
   int partition_size = 0;
   int max_partitions = 0;
+  // 0: sequences may be as long as the tables (max_blocks_per_seq * block_size), and the grid
+  // covers that. > 0: no sequence of this launch is longer, nor of any replay of a graph that
+  // captured it (the caller's guarantee: the backend picks one-block steps, and their graphs, by
+  // the step's longest sequence); the grid need only cover this many keys.
+  int max_kv_len = 0;
   float* partial_o = nullptr;
   float* partial_ml = nullptr;
   // (T, n_kv_heads) int32, all 0 before the first launch; every launch leaves them 0 again (the

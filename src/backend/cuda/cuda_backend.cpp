@@ -103,6 +103,7 @@ struct StepShape {
   int max_partitions = 0;
   int cluster = 0;         // decode attention cluster mode's size (0 or 1: the partition path)
   int one_block_warps = 0;  // > 0: decode attention's one block per (sequence, kv head) (decode_one_block_warps)
+  int max_kv_len = 0;       // the step's longest sequence (keys), set for one-block steps
 };
 
 class CudaBackend final : public Backend {
@@ -615,6 +616,7 @@ void CudaBackend::forward(const StepShape& s) {
         a.counters = decode_counters_;
         a.cluster = s.cluster;
         a.warps = s.one_block_warps;
+        a.max_kv_len = s.one_block_warps > 0 ? s.max_kv_len : 0;
         a.max_shared = !fused || use_mma;  // GEMV neighbours want L1; the others most shared memory
         decode_attention(a, stream_);
       } else {
@@ -844,6 +846,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
     if (shape.one_block_warps > 0) {
       shape.partition = shape.one_block_warps * 512;
       shape.max_partitions = 1;
+      shape.max_kv_len = max_kv_len;
     } else {
       shape.partition = partition_for(padded);
       shape.max_partitions = CEIL_DIV(max_blocks_ * bs, shape.partition);

@@ -507,7 +507,9 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
     CUDA_SHAPE_CHECK(a.fixed_partition == 0 || (a.fixed_partition % kTile == 0 && a.fixed_partition <= w * 32 * kTile));
   } else {
     CUDA_SHAPE_CHECK(a.max_partitions >= 1 && a.max_partitions <= 65535);
-    CUDA_SHAPE_CHECK(a.max_partitions * a.partition_size >= a.max_blocks_per_seq * a.block_size);
+    CUDA_SHAPE_CHECK(a.max_kv_len >= 0 && a.max_kv_len <= a.max_blocks_per_seq * a.block_size);
+    CUDA_SHAPE_CHECK(a.max_partitions * a.partition_size >=
+                     (a.max_kv_len > 0 ? a.max_kv_len : a.max_blocks_per_seq * a.block_size));
     CUDA_SHAPE_CHECK(a.max_partitions == 1 || (a.partial_o && a.partial_ml && a.counters));
   }
   CUDA_SHAPE_CHECK(a.cluster > 1 || a.fixed_partition == 0 ||

@@ -8,8 +8,10 @@
 // group's <= 8 query rows padded to 16), keeps an online softmax in registers (exp2, scale folded
 // in), and accumulates O^T += V^T P^T with a second mma whose B operand is P straight from the S
 // accumulators (their layout is the B layout of the transposed product, so N = 8 query heads
-// wastes nothing). The warps merge through shared memory at the end. Two ways to split a long
-// sequence over blocks:
+// wastes nothing). The warps merge through shared memory at the end. Steps with many (sequence,
+// kv head) pairs run one block per pair for the whole sequence (decode_one_block_warps: 4-warp
+// blocks, or 2-warp ones, four per SM, from 512 pairs up to 1024 keys), on the partition path
+// with a single partition. Two ways to split a long sequence over blocks otherwise:
 //   - cluster mode (few (sequence, kv head) pairs: decode_cluster): the blocks of one pair form a
 //     thread-block cluster, each takes an equal run of tiles, and they merge their (m, l, O)
 //     through distributed shared memory between two cluster barriers (~0.5 us);

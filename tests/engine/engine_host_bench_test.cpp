@@ -54,10 +54,12 @@ TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
   ASSERT_TRUE(tok.is_ok()) << tok.status().message();
   const int32_t token = (*tok)->encode(" the").at(0);  // decodes to text every step
   constexpr int kPrompt = 128, kDecodeSteps = 64, kRuns = 5;
+  for (bool async : {false, true})
   for (int batch : {64, 256}) {
     std::vector<double> us;
     for (int run = 0; run < kRuns; ++run) {
       EngineOptions o;
+      o.async_scheduling = async;
       o.backend.max_num_seqs = batch;
       o.backend.max_num_batched_tokens = 2048;
       o.backend.max_model_len = kPrompt + kDecodeSteps + 64;
@@ -84,8 +86,8 @@ TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
       us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / kDecodeSteps);
     }
     std::sort(us.begin(), us.end());
-    std::printf("BENCH kernel=engine_host batch=%d us_per_step=%.1f us_min=%.1f us_max=%.1f us_per_seq=%.3f\n", batch,
-                us[us.size() / 2], us.front(), us.back(), us[us.size() / 2] / batch);
+    std::printf("BENCH kernel=engine_host async=%d batch=%d us_per_step=%.1f us_min=%.1f us_max=%.1f us_per_seq=%.3f\n",
+                async ? 1 : 0, batch, us[us.size() / 2], us.front(), us.back(), us[us.size() / 2] / batch);
     std::fflush(stdout);
   }
 }

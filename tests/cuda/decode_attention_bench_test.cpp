@@ -116,55 +116,54 @@ TEST(DecodeAttentionBench, DISABLED_cluster_sweep_mid_batch) {
         }
 }
 
+const HeadShape kQwen25Shapes[] = {{"qwen2.5-0.5b", 14, 2, 64},
+                                   {"qwen2.5-1.5b", 12, 2, 128},
+                                   {"qwen2.5-3b", 16, 2, 128},
+                                   {"qwen2.5-7b", 28, 4, 128}};
+
+// One parseable line for a configuration of the sweeps below.
+void print_row(const char* kernel, const HeadShape& h, int batch, int ctx, const char* config,
+               const api::DecodeAttentionBench& r) {
+  std::printf(
+      "BENCH kernel=%s shape=%s batch=%d ctx=%d config=%s cluster=%d warps=%d max_partitions=%d us=%.2f GBps=%.0f\n",
+      kernel, h.name, batch, ctx, config, r.cluster, r.warps, r.cluster > 1 ? r.cluster : r.max_partitions, r.us_median,
+      r.kv_bytes / (r.us_median * 1e3));
+  std::fflush(stdout);
+  EXPECT_GT(r.us_median, 0.0);
+}
+
 // Large batches at short contexts (the batch-64/256 rows of bench offline, max_len = ctx + 64 as
 // it sizes them): the policy against the partition path without empty blocks, clusters of 2 and
 // 4, and 8-warp blocks.
 TEST(DecodeAttentionBench, DISABLED_short_context_large_batch) {
   if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
-  const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-1.5b", 12, 2, 128}, {"qwen2.5-3b", 16, 2, 128},
-                              {"qwen2.5-7b", 28, 4, 128}};
   struct Config {
     const char* name;
     int warps, cluster, min_tiles;
   };
   const Config configs[] = {{"policy", 0, 0, 0},    {"part4w", 4, 1, 0}, {"part8w", 8, 1, 0},
                             {"clu2_4w", 4, 2, 0},   {"clu4_4w", 4, 4, 0}, {"clu2_4w_min4", 4, 2, 4}};
-  for (const HeadShape& h : shapes)
+  for (const HeadShape& h : kQwen25Shapes)
     for (int batch : {64, 256})
       for (int ctx : {150, 300, 560})
-        for (const Config& c : configs) {
-          const api::DecodeAttentionBench r = api::decode_attention_bench(
-              h.n_heads, h.n_kv_heads, h.head_dim, batch, ctx, ctx + 64, 9, 1234, 0, c.warps, c.cluster, c.min_tiles);
-          std::printf(
-              "BENCH kernel=decode_attention_short shape=%s batch=%d ctx=%d config=%s cluster=%d warps=%d "
-              "max_partitions=%d us=%.2f GBps=%.0f\n",
-              h.name, batch, ctx, c.name, r.cluster, r.warps, r.cluster > 1 ? r.cluster : r.max_partitions,
-              r.us_median, r.kv_bytes / (r.us_median * 1e3));
-          std::fflush(stdout);
-          EXPECT_GT(r.us_median, 0.0);
-        }
+        for (const Config& c : configs)
+          print_row("decode_attention_short", h, batch, ctx, c.name,
+                    api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, batch, ctx, ctx + 64, 9, 1234, 0,
+                                                c.warps, c.cluster, c.min_tiles));
 }
 
-// One block per (sequence, kv head) for the whole sequence (the partition path with one partition
-// of up to 2048 keys, no empty blocks) against the policy, from batch 16 to 256.
+// One block per (sequence, kv head) for the whole sequence (the partition path with one partition,
+// no empty blocks) in 4-warp blocks against the cluster policy, from batch 16 to 256.
 TEST(DecodeAttentionBench, DISABLED_one_block_per_sequence) {
   if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
-  const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-1.5b", 12, 2, 128}, {"qwen2.5-3b", 16, 2, 128},
-                              {"qwen2.5-7b", 28, 4, 128}};
-  for (const HeadShape& h : shapes)
+  for (const HeadShape& h : kQwen25Shapes)
     for (int batch : {16, 32, 64, 128, 256})
       for (int ctx : {150, 300, 450, 700, 1000, 1500})
         for (bool one : {false, true}) {
           const int max_len = ctx + 64;
-          const api::DecodeAttentionBench r =
-              api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, batch, ctx, max_len, 9, 1234,
-                                          one ? (max_len + 31) / 32 * 32 : 0, one ? 4 : 0, one ? 1 : 0);
-          std::printf("BENCH kernel=decode_attention_one shape=%s batch=%d ctx=%d config=%s cluster=%d warps=%d us=%.2f "
-                      "GBps=%.0f\n",
-                      h.name, batch, ctx, one ? "one" : "policy", r.cluster, r.warps, r.us_median,
-                      r.kv_bytes / (r.us_median * 1e3));
-          std::fflush(stdout);
-          EXPECT_GT(r.us_median, 0.0);
+          print_row("decode_attention_one", h, batch, ctx, one ? "one" : "policy",
+                    api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, batch, ctx, max_len, 9, 1234,
+                                                one ? (max_len + 31) / 32 * 32 : 0, one ? 4 : 0, one ? 1 : 0));
         }
 }
 
@@ -172,20 +171,15 @@ TEST(DecodeAttentionBench, DISABLED_one_block_per_sequence) {
 // lighter blocks put more sequences on an SM at once.
 TEST(DecodeAttentionBench, DISABLED_one_block_warps) {
   if (!api::gpu_available()) GTEST_SKIP() << "no CUDA device";
-  const HeadShape shapes[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-1.5b", 12, 2, 128}, {"qwen2.5-3b", 16, 2, 128},
-                              {"qwen2.5-7b", 28, 4, 128}};
-  for (const HeadShape& h : shapes)
+  for (const HeadShape& h : kQwen25Shapes)
     for (int batch : {32, 64, 128, 256})
       for (int ctx : {150, 300, 450, 700, 950})
         for (int warps : {1, 2, 4}) {
           const int max_len = ctx + 64;
           if (max_len > warps * 512) continue;
-          const api::DecodeAttentionBench r = api::decode_attention_bench(
-              h.n_heads, h.n_kv_heads, h.head_dim, batch, ctx, max_len, 9, 1234, warps * 512, warps, 1);
-          std::printf("BENCH kernel=decode_attention_one_warps shape=%s batch=%d ctx=%d warps=%d us=%.2f GBps=%.0f\n",
-                      h.name, batch, ctx, r.warps, r.us_median, r.kv_bytes / (r.us_median * 1e3));
-          std::fflush(stdout);
-          EXPECT_GT(r.us_median, 0.0);
+          print_row("decode_attention_one_warps", h, batch, ctx, warps == 1 ? "1w" : warps == 2 ? "2w" : "4w",
+                    api::decode_attention_bench(h.n_heads, h.n_kv_heads, h.head_dim, batch, ctx, max_len, 9, 1234,
+                                                warps * 512, warps, 1));
         }
 }
 

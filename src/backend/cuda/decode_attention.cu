@@ -473,8 +473,10 @@ bool decode_cluster_ok(int cluster, int warps, int max_kv_len) {
 // 11.8 -> 8.6 at 300). At 32-64 pairs it wins up to ~450 keys (3B batch 16 ctx 300: 7.8 -> 6.5 us)
 // and loses from ~700-1000 (batch 16 ctx 1500: 13.6 -> 18.4). From 512 pairs, 2-warp blocks (four
 // per SM) beat 4-warp ones up to 1024 keys (3B batch 256: 18.0 -> 14.4 us at ctx 150, 64.4 -> 63.4
-// at 950); below 512 pairs they lose (3B batch 64 ctx 300: 8.6 -> 10.1). 1-warp blocks lose to
-// 2-warp ones everywhere. Below 32 pairs the cluster policy stays.
+// at 950; 1.5B and 7B alike) except at head_dim 64, where they are within -2..+2.5% (0.5B batch
+// 256: 8.3 -> 8.1 us at ctx 150, 12.8 -> 13.1 at 300); below 512 pairs they lose (3B batch 64 ctx
+// 300: 8.6 -> 10.1). 1-warp blocks lose to 2-warp ones everywhere. Below 32 pairs the cluster
+// policy stays.
 int decode_one_block_warps(int num_tokens, int n_kv_heads, int max_kv_len) {
   const int pairs = num_tokens * n_kv_heads;
   if (decode_warps(num_tokens, n_kv_heads) != 4) return 0;

@@ -38,7 +38,7 @@ inline constexpr const char* kCudaPreferShared = "MPSERVE_CUDA_PREFER_SHARED";
 // memory) where it would use thread-block clusters (attention.cuh); default on.
 inline constexpr const char* kCudaClusterAttention = "MPSERVE_CUDA_CLUSTER_ATTENTION";
 // CUDA backend: 0 keeps decode attention's bucket policy (clusters or partitions) where a step
-// would run one block per (sequence, kv head) (decode_one_block_keys); default on.
+// would run one block per (sequence, kv head) (decode_one_block_warps); default on.
 inline constexpr const char* kCudaOneBlockAttention = "MPSERVE_CUDA_ONE_BLOCK_ATTENTION";
 // MPS client environment (set by the supervisor for each engine, read by the CUDA driver).
 inline constexpr const char* kMpsPipeDir = "CUDA_MPS_PIPE_DIRECTORY";

@@ -49,6 +49,9 @@ int attention_tokens_per_item(int n_heads, int n_kv_heads);
 // exit at once. block_size must be a multiple of 16.
 constexpr int kDecodeMaxGroup = 8;
 constexpr int kDecodeMaxPartition = 512;
+// Keys one warp of a decode block can take: a lane holds the cache offset of one of its 16-key
+// tiles, so a block of W warps covers at most W * kDecodeKeysPerWarp keys.
+constexpr int kDecodeKeysPerWarp = 512;
 struct DecodeAttentionArgs {
   const __nv_bfloat16* q = nullptr;        // (T, n_heads*D)
   const __nv_bfloat16* k_cache = nullptr;  // this layer, (num_blocks, n_kv_heads, block_size, D)

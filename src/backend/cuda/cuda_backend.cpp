@@ -844,7 +844,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
     shape.one_block_warps =
         one_block_attention_ ? decode_one_block_warps(padded, static_cast<int>(c_.num_kv_heads), max_kv_len) : 0;
     if (shape.one_block_warps > 0) {
-      shape.partition = shape.one_block_warps * 512;
+      shape.partition = shape.one_block_warps * kDecodeKeysPerWarp;
       shape.max_partitions = 1;
       shape.max_kv_len = max_kv_len;
     } else {

@@ -39,7 +39,8 @@ constexpr int kG = kDecodeMaxGroup;  // query heads per block = the N of the P.V
 static_assert(kG == 8, "the P.V mma has N = 8 query heads");
 // A lane holds the cache offset of one of its warp's tiles, so a warp has at most 32 tiles
 // (blocks have 4 or 8 warps, see decode_warps).
-static_assert(kDecodeMaxPartition <= kTile * 4 * 32, "partition too large for the tile offsets");
+static_assert(kDecodeKeysPerWarp == kTile * 32, "one tile offset per lane");
+static_assert(kDecodeMaxPartition <= 4 * kDecodeKeysPerWarp, "partition too large for the tile offsets");
 
 // Per warp and stage: K tile [kTile][D] then V tile [kTile][D] (bf16). At the end the region
 // becomes the warps' f32 outputs [W][kG][D + 4] (row stride D + 4: the fragment stores of a
@@ -463,7 +464,7 @@ int decode_cluster(int num_tokens, int n_kv_heads, int max_kv_len) {
 
 // A lane holds the cache offset of one of its warp's tiles: at most 32 tiles per warp and block.
 bool decode_cluster_ok(int cluster, int warps, int max_kv_len) {
-  return cluster >= 2 && cluster <= kMaxCluster && max_kv_len <= cluster * warps * 32 * kTile;
+  return cluster >= 2 && cluster <= kMaxCluster && max_kv_len <= cluster * warps * kDecodeKeysPerWarp;
 }
 
 // note: measured on an H200 (DecodeAttentionBench one_block_per_sequence and one_block_warps, L2
@@ -480,8 +481,8 @@ bool decode_cluster_ok(int cluster, int warps, int max_kv_len) {
 int decode_one_block_warps(int num_tokens, int n_kv_heads, int max_kv_len) {
   const int pairs = num_tokens * n_kv_heads;
   if (decode_warps(num_tokens, n_kv_heads) != 4) return 0;
-  if (pairs >= 512 && max_kv_len <= 2 * 32 * kTile) return 2;
-  if (pairs >= 128 && max_kv_len <= 4 * 32 * kTile) return 4;
+  if (pairs >= 512 && max_kv_len <= 2 * kDecodeKeysPerWarp) return 2;
+  if (pairs >= 128 && max_kv_len <= 4 * kDecodeKeysPerWarp) return 4;
   if (pairs >= 32 && max_kv_len <= kDecodeMaxPartition) return 4;
   return 0;
 }
@@ -503,12 +504,12 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   CUDA_SHAPE_CHECK(w >= 4 || a.cluster <= 1);  // 1- and 2-warp blocks: the partition path only
   // One block per (sequence, kv head) may take up to every lane's tile of every warp.
   const int one_block_keys =
-      a.cluster <= 1 && a.max_partitions == 1 ? w * 32 * kTile : std::min(w * 32 * kTile, kDecodeMaxPartition);
+      a.cluster <= 1 && a.max_partitions == 1 ? w * kDecodeKeysPerWarp : std::min(w * kDecodeKeysPerWarp, kDecodeMaxPartition);
   CUDA_SHAPE_CHECK(a.partition_size > 0 && a.partition_size % 32 == 0 && a.partition_size <= one_block_keys);
   if (a.cluster > 1) {
     CUDA_SHAPE_CHECK(a.cluster == 2 || a.cluster == 4 || a.cluster == 8);
     CUDA_SHAPE_CHECK(decode_cluster_ok(a.cluster, w, a.max_blocks_per_seq * a.block_size));
-    CUDA_SHAPE_CHECK(a.fixed_partition == 0 || (a.fixed_partition % kTile == 0 && a.fixed_partition <= w * 32 * kTile));
+    CUDA_SHAPE_CHECK(a.fixed_partition == 0 || (a.fixed_partition % kTile == 0 && a.fixed_partition <= w * kDecodeKeysPerWarp));
   } else {
     CUDA_SHAPE_CHECK(a.max_partitions >= 1 && a.max_partitions <= 65535);
     CUDA_SHAPE_CHECK(a.max_kv_len >= 0 && a.max_kv_len <= a.max_blocks_per_seq * a.block_size);

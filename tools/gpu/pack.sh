@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
 rm -rf gpu-pack && mkdir -p gpu-pack/share
-for b in mpserve test_cuda; do
+for b in mpserve test_cuda test_engine; do
   [ -f "$build/$b" ] && strip -o "gpu-pack/$b" "$build/$b"
 done
 [ -f "$build/libmpserve_kernel_trace.so" ] && strip -o gpu-pack/libmpserve_kernel_trace.so "$build/libmpserve_kernel_trace.so"

@@ -4,7 +4,9 @@
 # environment, each optionally under several settings of the backend's A/B variables.
 # Usage: OUT=... tools/gpu/perf_round.sh [PACK_DIR]   (default gpu-pack, from tools/gpu/pack.sh)
 # Environment:
-#   STEPS        which parts run, in order (default "tests kbench offline")
+#   STEPS        which parts run, in order (default "tests kbench offline"); "hostbench" runs the
+#                engine's host cost per decode step without a device (EngineHostBench, test_engine),
+#                to compare this machine's host with the development machine's
 #   KBENCH       gtest filter of the disabled kernel benches (default '*Bench*')
 #   MODELS       models for the offline rows (default "0.5b 3b")
 #   ROWS         offline rows, ';'-separated "batch:input:output" (default "1:2048:8;1:512:64"); as in
@@ -51,6 +53,13 @@ for step in $STEPS; do
       "$PACK/test_cuda" --gtest_also_run_disabled_tests --gtest_filter="$KBENCH" >"$OUT/kbench.log" 2>&1
       echo "kbench exit $?"
       grep '^BENCH' "$OUT/kbench.log"
+      ;;
+    hostbench)
+      stamp "engine host bench"
+      MPSERVE_TOKENIZER_DIR="$PWD/$PACK/share/mpserve/tokenizer" "$PACK/test_engine" --gtest_also_run_disabled_tests \
+        --gtest_filter='*EngineHostBench*' >"$OUT/hostbench.log" 2>&1
+      echo "hostbench exit $?"
+      grep '^BENCH' "$OUT/hostbench.log"
       ;;
     offline)
       IFS=';' read -r -a rows <<<"$ROWS"

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <tuple>
 #include <vector>
 
 #include "backend/cuda/activation.cuh"
@@ -103,7 +104,7 @@ struct StepShape {
   int max_partitions = 0;
   int cluster = 0;         // decode attention cluster mode's size (0 or 1: the partition path)
   int one_block_warps = 0;  // > 0: decode attention's one block per (sequence, kv head) (decode_one_block_warps)
-  int max_kv_len = 0;       // the step's longest sequence (keys), set for one-block steps
+  int max_kv_len = 0;       // one-block steps: the step's longest sequence (keys); else 0
 };
 
 class CudaBackend final : public Backend {
@@ -228,7 +229,8 @@ class CudaBackend final : public Backend {
   float* argmax_val_ = nullptr;         // (S, kArgmaxChunks)
   int32_t* argmax_idx_ = nullptr;       // (S, kArgmaxChunks)
 
-  std::map<int, cudaGraphExec_t> graphs_;  // by 2 * decode bucket + greedy
+  // Decode-step graphs by (bucket, decode attention's one-block warps or 0, every row greedy).
+  std::map<std::tuple<int, int, bool>, cudaGraphExec_t> graphs_;
 
   // The steps launched and not yet collected, oldest first (at most two). A step's sampled
   // tokens arrive in its half of out_tokens_host_, and its event follows its last copy.
@@ -616,7 +618,7 @@ void CudaBackend::forward(const StepShape& s) {
         a.counters = decode_counters_;
         a.cluster = s.cluster;
         a.warps = s.one_block_warps;
-        a.max_kv_len = s.one_block_warps > 0 ? s.max_kv_len : 0;
+        a.max_kv_len = s.max_kv_len;
         a.max_shared = !fused || use_mma;  // GEMV neighbours want L1; the others most shared memory
         decode_attention(a, stream_);
       } else {
@@ -863,7 +865,7 @@ void CudaBackend::launch(const Batch& batch, bool want_logits) {
     forward(shape);
   } else if (decode_only && opts_.cuda_graphs) {
     last_timings_.graph = true;
-    const int key = (8 * padded + shape.one_block_warps) * 2 + (all_greedy ? 1 : 0);
+    const auto key = std::make_tuple(padded, shape.one_block_warps, all_greedy);
     auto it = graphs_.find(key);
     if (it != graphs_.end()) {
       CUDA_CHECK(cudaGraphLaunch(it->second, stream_));

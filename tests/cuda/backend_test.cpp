@@ -147,6 +147,15 @@ BatchEntry entry(const Seq& s, int n, int id, const backend::SamplingParams& p =
   return e;
 }
 
+// One step of `b` on both backends; their logits must agree. Returns the CPU's output.
+StepOutput step_both(backend::Backend& cpu, backend::Backend& gpu, const Batch& b, const std::string& what) {
+  StepOutput oc, og;
+  cpu.step(b, true, &oc);
+  gpu.step(b, true, &og);
+  EXPECT_LT(rel_err(og.logits, oc.logits), kLogitTol) << what;
+  return oc;
+}
+
 class CudaBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -171,11 +180,7 @@ void compare_backends(const TestModel& m, backend::Ablation ab, int extra = 0) {
   const int n_seqs = 3 + extra;
   seqs[1].tokens = seqs[0].tokens;  // same prompt, run in chunks
   auto run = [&](const Batch& b, const char* what, int step) {
-    StepOutput oc, og;
-    cpu->step(b, true, &oc);
-    gpu->step(b, true, &og);
-    EXPECT_LT(rel_err(og.logits, oc.logits), kLogitTol) << what << " step " << step;
-    return oc;
+    return step_both(*cpu, *gpu, b, std::string(what) + " step " + std::to_string(step));
   };
   Batch b1;
   b1.entries = {entry(seqs[0], 70, 0)};
@@ -261,20 +266,13 @@ TEST_F(CudaBackendTest, decode_attention_ways_follow_the_longest_sequence) {
     for (int j = 0; j < len; ++j) seqs[size_t(i)].tokens.push_back(tok(rng));
     for (int b = 0; b < (len + 16 + 15) / 16; ++b) seqs[size_t(i)].table.push_back(next_block++);
   }
-  auto run = [&](const Batch& b, const std::string& what) {
-    StepOutput oc, og;
-    cpu->step(b, true, &oc);
-    gpu->step(b, true, &og);
-    EXPECT_LT(rel_err(og.logits, oc.logits), kLogitTol) << what;
-    return oc;
-  };
   auto step_rows = [&](const std::vector<int>& rows, const std::string& what) {
     Batch b;
     for (int k : rows) {
       const Seq& q = seqs[size_t(k)];
       b.entries.push_back(entry(q, int(q.tokens.size()) - q.cached, k));
     }
-    const StepOutput o = run(b, what);
+    const StepOutput o = step_both(*cpu, *gpu, b, what);
     for (size_t r = 0; r < rows.size(); ++r) {
       Seq& q = seqs[size_t(rows[r])];
       q.cached = int32_t(q.tokens.size());

@@ -336,6 +336,10 @@ void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput&
                 result.tokens.size(), num_sampled);
   const size_t vocab = plan.want_logits && num_sampled > 0 ? result.logits.size() / num_sampled : 0;
   outputs->reserve(outputs->size() + num_sampled);
+  // note: each sampled token's bytes are a random read into a table of the whole vocabulary, a
+  // cache miss per sequence that the detokenizer would take one after the other; these reads are
+  // independent, so issued here together they overlap (EngineHostBench, random tokens).
+  for (const int32_t token : result.tokens) __builtin_prefetch(tok.token_bytes(token).data());
   size_t k = 0;
   for (size_t i = 0; i < plan.scheduled.size(); ++i) {
     const ScheduledSeq& s = plan.scheduled[i];
@@ -441,20 +445,35 @@ bool Engine::Impl::launch_ahead_ok(StepPlan& next) const {
       next.want_logits) {
     return false;
   }
-  std::unordered_map<const Sequence*, int32_t> sampled_row;
-  int32_t k = 0;
+  // The in-flight step's sampled sequences in row order. Steady decoding schedules them in the
+  // same order again, so each lookup first tries the row after the last one found; the map is
+  // built only when the order changed (admissions, preemptions, finishes).
+  std::vector<const Sequence*> sampled;
+  sampled.reserve(in_flight->scheduled.size());
   for (const ScheduledSeq& s : in_flight->scheduled) {
-    if (s.sample) sampled_row.emplace(s.seq, k++);
+    if (s.sample) sampled.push_back(s.seq);
   }
+  std::unordered_map<const Sequence*, int32_t> row_of;
+  auto find_row = [&](const Sequence* seq, int32_t guess) -> int32_t {
+    if (guess < static_cast<int32_t>(sampled.size()) && sampled[size_t(guess)] == seq) return guess;
+    if (row_of.empty()) {
+      for (size_t r = 0; r < sampled.size(); ++r) row_of.emplace(sampled[r], static_cast<int32_t>(r));
+    }
+    const auto it = row_of.find(seq);
+    return it == row_of.end() ? -1 : it->second;
+  };
   std::vector<int32_t> rows(next.scheduled.size(), -1);
+  int32_t guess = 0;
   for (size_t i = 0; i < next.scheduled.size(); ++i) {
     const backend::BatchEntry& e = next.batch.entries[i];
     if (std::find(e.tokens.begin(), e.tokens.end(), kPlaceholderToken) == e.tokens.end()) continue;
-    auto it = sampled_row.find(next.scheduled[i].seq);
     // A placeholder anywhere but as a decode step's one input (a recompute after preemption):
     // its token must be on the host first.
-    if (e.tokens.size() != 1 || it == sampled_row.end()) return false;
-    rows[i] = it->second;
+    if (e.tokens.size() != 1) return false;
+    const int32_t row = find_row(next.scheduled[i].seq, guess);
+    if (row < 0) return false;
+    rows[i] = row;
+    guess = row + 1;
   }
   for (size_t i = 0; i < rows.size(); ++i) next.batch.entries[i].prev_sample_row = rows[i];
   return true;

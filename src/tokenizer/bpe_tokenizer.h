@@ -29,7 +29,7 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const override;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
   std::string_view token_bytes(int32_t id) const override;
-  int32_t vocab_size() const override { return static_cast<int32_t>(bytes_.size()); }
+  int32_t vocab_size() const override { return static_cast<int32_t>(byte_offsets_.size()) - 1; }
   std::optional<int32_t> token_to_id(std::string_view token) const override;
   bool is_special(int32_t id) const override;
   std::optional<int32_t> eos_token_id() const override { return config_.eos_id; }
@@ -45,7 +45,9 @@ class BpeTokenizer final : public Tokenizer {
   bool nfc_;
   AddedTokenMatcher added_matcher_;
   std::unordered_map<std::string, int32_t> added_ids_;  // added token content -> id
-  std::vector<std::string> bytes_;                      // id -> raw bytes (added tokens: content)
+  // id -> raw bytes (added tokens: their content): byte_blob_[byte_offsets_[id], byte_offsets_[id + 1])
+  std::string byte_blob_;
+  std::vector<uint32_t> byte_offsets_;
   std::vector<bool> special_;                           // id -> added token with special = true
   TokenizerConfig config_;
 };

@@ -1,10 +1,10 @@
 // Host cost of the engine's decode steps at large batches, measured without a device: the
-// backend does no work (one fixed token per sampled row), so a step's time is the engine's own
+// backend does no work (it returns a fixed or a random token per sampled row), so a step's time is the engine's own
 // scheduling, batch building, post-processing and incremental detokenization with the real Qwen
 // tokenizer. On the GPU that time sits between two device steps (bench offline's host_us), so it
 // is what `host %` at batch 256 is made of. DISABLED_: run by hand, under perf for a profile:
 //   build/test_engine --gtest_also_run_disabled_tests --gtest_filter='*EngineHostBench*'
-// One parseable line per batch: BENCH kernel=engine_host batch=... us_per_step=... (median of 5
+// One parseable line per setting and batch: BENCH kernel=engine_host setting=... batch=... us_per_step=... (median of 5
 // runs of 64 decode steps each, after the prefill steps).
 #include <gtest/gtest.h>
 
@@ -24,11 +24,12 @@
 namespace mpserve::engine {
 namespace {
 
-// Every sampled row gets the same ordinary token; nothing is computed.
+// Nothing is computed. Every sampled row gets `token` if it is >= 0, else a seeded random token
+// from the vocabulary (what a random-weight model samples: many byte-level and CJK pieces).
 class NullBackend : public backend::Backend {
  public:
   NullBackend(int32_t vocab, int32_t blocks, int32_t block_size, int32_t token)
-      : blocks_(blocks), block_size_(block_size), token_(token) {
+      : blocks_(blocks), block_size_(block_size), token_(token), pick_(0, vocab - 1) {
     config_.vocab_size = vocab;
   }
   std::string_view name() const override { return "null"; }
@@ -39,12 +40,14 @@ class NullBackend : public backend::Backend {
     out->tokens.clear();
     out->logits.clear();
     for (const backend::BatchEntry& e : batch.entries)
-      if (e.sample) out->tokens.push_back(token_);
+      if (e.sample) out->tokens.push_back(token_ >= 0 ? token_ : pick_(rng_));
   }
 
  private:
   model::ModelConfig config_;
   int32_t blocks_, block_size_, token_;
+  std::mt19937 rng_{42};
+  std::uniform_int_distribution<int32_t> pick_;
 };
 
 TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
@@ -52,8 +55,17 @@ TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
   if (!dir) GTEST_SKIP() << "MPSERVE_TOKENIZER_DIR not set";
   auto tok = tokenizer::Tokenizer::load(dir);
   ASSERT_TRUE(tok.is_ok()) << tok.status().message();
-  const int32_t token = (*tok)->encode(" the").at(0);  // decodes to text every step
+  const int32_t the = (*tok)->encode(" the").at(0);  // decodes to text every step
   constexpr int kPrompt = 128, kDecodeSteps = 64, kRuns = 5;
+  // Two settings: the same ordinary token and a pool just big enough; and what a GPU run is like,
+  // a random-weight model's random tokens and the pool the CUDA backend makes of an H200's memory
+  // at 0.5B (676k blocks), whose free list and prefix-cache map are then spread over tens of MB.
+  struct Setting {
+    const char* name;
+    int32_t token;       // -1: random tokens
+    int32_t kv_blocks;   // 0: just enough for the batch
+  };
+  for (const Setting& set : {Setting{"the", the, 0}, Setting{"random_h200_pool", -1, 676254}})
   for (bool async : {false, true})
   for (int batch : {64, 256}) {
     std::vector<double> us;
@@ -63,8 +75,8 @@ TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
       o.backend.max_num_seqs = batch;
       o.backend.max_num_batched_tokens = 2048;
       o.backend.max_model_len = kPrompt + kDecodeSteps + 64;
-      const int32_t blocks = batch * ((o.backend.max_model_len + 15) / 16) + 16;
-      Engine eng(o, std::make_unique<NullBackend>((*tok)->vocab_size(), blocks, 16, token), **tok);
+      const int32_t blocks = set.kv_blocks > 0 ? set.kv_blocks : batch * ((o.backend.max_model_len + 15) / 16) + 16;
+      Engine eng(o, std::make_unique<NullBackend>((*tok)->vocab_size(), blocks, 16, set.token), **tok);
       std::mt19937 rng(1234 + run);
       std::uniform_int_distribution<int32_t> id(1000, 20000);
       for (int b = 0; b < batch; ++b) {
@@ -86,8 +98,8 @@ TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
       us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / kDecodeSteps);
     }
     std::sort(us.begin(), us.end());
-    std::printf("BENCH kernel=engine_host async=%d batch=%d us_per_step=%.1f us_min=%.1f us_max=%.1f us_per_seq=%.3f\n",
-                async ? 1 : 0, batch, us[us.size() / 2], us.front(), us.back(), us[us.size() / 2] / batch);
+    std::printf("BENCH kernel=engine_host setting=%s async=%d batch=%d us_per_step=%.1f us_min=%.1f us_max=%.1f us_per_seq=%.3f\n",
+                set.name, async ? 1 : 0, batch, us[us.size() / 2], us.front(), us.back(), us[us.size() / 2] / batch);
     std::fflush(stdout);
   }
 }

@@ -137,6 +137,14 @@ double decode_kv_bytes(const model::ModelConfig& c, int batch, double ctx) {
   return double(batch) * ctx * double(c.num_layers) * 2.0 * double(c.kv_dim()) * 2.0;
 }
 
+double decode_flops(const model::ModelConfig& c, int batch, double ctx) {
+  const double h = double(c.hidden_size), q = double(c.q_dim()), k = double(c.kv_dim());
+  const double in = double(c.intermediate_size), v = double(c.vocab_size);
+  const double proj = 2.0 * (h * (q + 2 * k) + q * h + 3 * in * h);  // per token per layer
+  const double attn = 2.0 * 2.0 * q * ctx;                           // per token per layer
+  return double(batch) * (double(c.num_layers) * (proj + attn) + 2.0 * v * h);
+}
+
 double prefill_flops(const model::ModelConfig& c, int batch, int len) {
   const double h = double(c.hidden_size), q = double(c.q_dim()), k = double(c.kv_dim());
   const double in = double(c.intermediate_size), v = double(c.vocab_size), L = double(len);
@@ -209,13 +217,18 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
       // last ones, not L + O/2); without any, the mean over L + 1 ... L + O - 1.
       const double ctx = ctxs.empty() ? len + o.output_len / 2.0 : median(ctxs);
       r.decode_bytes_per_step = decode_weight_bytes(c) + decode_kv_bytes(c, batch, ctx);
+      r.decode_flops_per_step = decode_flops(c, batch, ctx);
       r.prefill_flops = prefill_flops(c, batch, len);
       if (ds.empty()) {
         std::fprintf(out, "  note batch=%d input_len=%d: no decode step ran all %d sequences together (raise "
                           "--output-len above batch*input_len/max_num_batched_tokens)\n", batch, len, batch);
       }
       if (have_ceilings && !ds.empty()) {
-        r.decode_roofline_frac = (r.decode_bytes_per_step / (ceil.copy_gb_s * 1e9)) / (r.decode_step_ms * 1e-3);
+        const double bytes_s = r.decode_bytes_per_step / (ceil.copy_gb_s * 1e9);
+        const double flops_s = r.decode_flops_per_step / (ceil.bf16_tflops * 1e12);
+        r.decode_roofline_frac = bytes_s / (r.decode_step_ms * 1e-3);
+        r.decode_compute_frac = flops_s / (r.decode_step_ms * 1e-3);
+        r.decode_floor_frac = std::max(bytes_s, flops_s) / (r.decode_step_ms * 1e-3);
       }
       if (have_ceilings) {
         r.prefill_peak_frac = (r.prefill_flops / (double(batch) * len / r.prefill_tok_s)) / (ceil.bf16_tflops * 1e12);
@@ -240,7 +253,8 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           "prefill_tok_s={:.0f} prefill_spread={:.3f} decode_tok_s={:.0f} decode_spread={:.3f} "
           "decode_step_ms={:.4f} step_spread={:.3f} host_us_per_step={} host_frac={} "
           "decode_bytes_per_step={:.4g} decode_roofline_frac={} prefill_flops={:.4g} prefill_peak_frac={} "
-          "copy_gb_s={} bf16_tflops={} host_backend_us={} host_enqueue_us={} host_gap_us={} launched_ahead={}",
+          "copy_gb_s={} bf16_tflops={} host_backend_us={} host_enqueue_us={} host_gap_us={} launched_ahead={} "
+          "decode_flops_per_step={:.4g} decode_compute_frac={} decode_floor_frac={}",
           o.model_label.empty() ? "?" : o.model_label, be.name(), have_ceilings ? ceil.device_name : "n/a", batch,
           len, o.output_len, o.repeats, r.prefill_tok_s, r.prefill_tok_s_spread, r.decode_tok_s,
           r.decode_tok_s_spread, r.decode_step_ms, r.decode_step_ms_spread, fmt_opt(r.host_us_per_step, "{:.1f}"),
@@ -249,7 +263,8 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           have_ceilings ? fmt::format("{:.0f}", ceil.copy_gb_s) : "n/a",
           have_ceilings ? fmt::format("{:.1f}", ceil.bf16_tflops) : "n/a", fmt_opt(r.backend_host_us_per_step, "{:.1f}"),
           fmt_opt(r.enqueue_us_per_step, "{:.1f}"), fmt_opt(r.gap_us_per_step, "{:.1f}"),
-          fmt_opt(r.launched_ahead_frac, "{:.2f}")));
+          fmt_opt(r.launched_ahead_frac, "{:.2f}"), r.decode_flops_per_step, fmt_opt(r.decode_compute_frac, "{:.3f}"),
+          fmt_opt(r.decode_floor_frac, "{:.3f}")));
       results.push_back(r);
     }
   }

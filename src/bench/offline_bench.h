@@ -43,12 +43,22 @@ struct OfflineBenchResult {
   double launched_ahead_frac = -1;
   double decode_bytes_per_step = 0, prefill_flops = 0;
   double decode_roofline_frac = -1, prefill_peak_frac = -1;  // -1: ceilings n/a
+  // The other floor of a decode step: its FLOPs at the measured bf16 GEMM peak. At batch 1 it is
+  // far below the bytes' time; at batch 256 and short contexts the two are about equal, so the
+  // bandwidth roofline (decode_roofline_frac, the target) cannot be approached there
+  // unless the GEMMs also run near their peak. decode_compute_frac = (flops / peak) / step;
+  // decode_floor_frac = max(bytes / bandwidth, flops / peak) / step (-1: ceilings n/a).
+  double decode_flops_per_step = 0;
+  double decode_compute_frac = -1, decode_floor_frac = -1;
 };
 
 // Weights read by one decode step (every layer, the final norm, the LM head), in bytes (bf16).
 double decode_weight_bytes(const model::ModelConfig& c);
 // KV bytes read by one decode step of `batch` sequences holding `ctx` tokens each.
 double decode_kv_bytes(const model::ModelConfig& c, int batch, double ctx);
+// FLOPs of one decode step of `batch` sequences holding `ctx` tokens each: the projections and
+// the LM head for one token per sequence, and attention's QK^T and PV over ctx keys.
+double decode_flops(const model::ModelConfig& c, int batch, double ctx);
 // FLOPs of prefilling `batch` prompts of `len` tokens (projections, causal attention, LM head of
 // the last token of each).
 double prefill_flops(const model::ModelConfig& c, int batch, int len);

@@ -13,6 +13,7 @@
 #include "bench/offline_bench.h"
 #include "engine/engine.h"
 #include "engine/engine_fakes.h"
+#include "model/model_writer.h"
 
 namespace mpserve::bench {
 namespace {
@@ -117,6 +118,27 @@ TEST(OfflineBench, decode_step_time_is_the_decode_steps_in_sync_and_async_mode) 
       EXPECT_EQ(r.launched_ahead_frac, -1.0);
     }
   }
+}
+
+// The roofline inputs for the Qwen2.5-0.5B shape, worked out by hand from its dimensions (hidden
+// 896, 24 layers, 14 query / 2 kv heads of 64, intermediate 4864, vocab 151936, tied).
+TEST(OfflineBench, roofline_bytes_and_flops_of_the_qwen25_05b_shape) {
+  auto c = model::shape_config("qwen2.5-0.5b");
+  ASSERT_TRUE(c.is_ok());
+  // Per layer: qkv 896 x 1152, o 896 x 896, gate/up/down 3 x 896 x 4864 weights, two norms, the
+  // qkv bias; the final norm and the LM head 151936 x 896; all bf16.
+  const double per_layer = 896.0 * 1152 + 896.0 * 896 + 3.0 * 896 * 4864 + 2 * 896 + 1152;
+  EXPECT_DOUBLE_EQ(decode_weight_bytes(*c), 2.0 * (24 * per_layer + 896 + 151936.0 * 896));
+  // K and V of 2 heads x 64 per token and layer.
+  EXPECT_DOUBLE_EQ(decode_kv_bytes(*c, 256, 150.0), 256.0 * 150 * 24 * 2 * 128 * 2);
+  // One token: 2 FLOPs per weight of the projections and the LM head, plus QK^T and PV over the
+  // context for 14 query heads of 64.
+  const double proj = 2.0 * (896.0 * 1152 + 896.0 * 896 + 3.0 * 896 * 4864);
+  EXPECT_DOUBLE_EQ(decode_flops(*c, 1, 0.0), 24 * proj + 2.0 * 151936 * 896);
+  EXPECT_DOUBLE_EQ(decode_flops(*c, 256, 150.0), 256 * (24 * (proj + 4.0 * 896 * 150) + 2.0 * 151936 * 896));
+  // Prefill of one 2-token prompt: both tokens' projections, causal attention over 1 + 2 keys,
+  // the LM head of the last token.
+  EXPECT_DOUBLE_EQ(prefill_flops(*c, 1, 2), 24 * (2 * proj + 4.0 * 896 * 3) + 2.0 * 151936 * 896);
 }
 
 }  // namespace

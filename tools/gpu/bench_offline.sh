@@ -61,14 +61,14 @@ done
 
 # Short table: one row per configuration from the summary lines.
 echo
-printf '%-6s %5s %5s | %10s %8s | %10s %8s %7s %6s %6s\n' model batch in prefill_t/s pf_peak decode_t/s step_ms host% roof floor
+printf '%-6s %5s %5s | %10s %8s | %10s %8s %7s %6s %6s\n' model batch in prefill_t/s pf_peak decode_t/s step_ms host% roof comp
 for m in $MODELS; do
   grep '^bench_offline:' "$OUT/bench_$m.log" 2>/dev/null | while read -r line; do
     get() { sed -nE "s/.* $1=([^ ]+).*/\1/p" <<<"$line"; }
     hf=$(get host_frac); [[ $hf != n/a ]] && hf=$(awk -v x="$hf" 'BEGIN{printf "%.1f", 100*x}')
     printf '%-6s %5s %5s | %10s %8s | %10s %8s %7s %6s %6s\n' "$m" "$(get batch)" "$(get input_len)" \
       "$(get prefill_tok_s)" "$(get prefill_peak_frac)" "$(get decode_tok_s)" "$(get decode_step_ms)" "$hf" \
-      "$(get decode_roofline_frac)" "$(get decode_floor_frac)"
+      "$(get decode_roofline_frac)" "$(get decode_compute_frac)"
   done
 done
 grep -h '^ceilings:' "$OUT"/bench_*.log 2>/dev/null | head -1

@@ -103,7 +103,7 @@ done
 
 echo
 printf '%-5s %-26s %5s %5s | %10s %8s | %10s %8s %6s %6s %6s\n' model variant batch in prefill_t/s pf_peak decode_t/s \
-  step_ms host% roof floor
+  step_ms host% roof comp
 grep '^.* bench_offline:' "$OUT/offline.log" 2>/dev/null | while read -r line; do
   get() { sed -nE "s/.* $1=([^ ]+).*/\1/p" <<<"$line"; }
   m=${line%% *}
@@ -111,5 +111,5 @@ grep '^.* bench_offline:' "$OUT/offline.log" 2>/dev/null | while read -r line; d
   hf=$(get host_frac); [[ $hf != n/a && -n $hf ]] && hf=$(awk -v x="$hf" 'BEGIN{printf "%.1f", 100*x}')
   printf '%-5s %-26s %5s %5s | %10s %8s | %10s %8s %6s %6s %6s\n' "$m" "$v" "$(get batch)" "$(get input_len)" \
     "$(get prefill_tok_s)" "$(get prefill_peak_frac)" "$(get decode_tok_s)" "$(get decode_step_ms)" "$hf" \
-    "$(get decode_roofline_frac)" "$(get decode_floor_frac)"
+    "$(get decode_roofline_frac)" "$(get decode_compute_frac)"
 done

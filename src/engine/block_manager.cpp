@@ -105,14 +105,14 @@ void BlockManager::on_computed(Sequence& seq) {
     const uint64_t key = block_key(i == 0 ? kRootKey : seq.block_hashes[i - 1], toks);
     seq.block_hashes.push_back(key);
     // Another sequence computed the same block first (or a hash collision): keep this copy
-    // private; the chain key stays valid for the blocks after it.
-    if (cached_.count(key)) continue;
+    // private; the chain key stays valid for the blocks after it. (One lookup: the map is large
+    // and every probe of it a cache miss on the host path between device steps.)
+    if (!cached_.try_emplace(key, seq.block_table[i]).second) continue;
     Block& b = blocks_[seq.block_table[i]];
     MPS_CHECK(!b.cached);
     b.cached = true;
     b.key = key;
     b.tokens.assign(toks.begin(), toks.end());
-    cached_.emplace(key, seq.block_table[i]);
   }
 }
 

@@ -36,31 +36,43 @@ class CudaKernels : public ::testing::Test {
   ThreadPool pool_{4};
 };
 
+// Hidden sizes held in registers 1, 2 and 4 float4 a thread (256, 896, 1536, 3584, 4096, partial
+// last iterations included) and past that (5120: the loop kernel).
 TEST_F(CudaKernels, add_rms_norm_matches_cpu_and_advances_residual) {
-  const int rows = 37, hidden = 896;
-  auto res = random_vec(size_t(rows) * hidden, rng_), delta = random_vec(size_t(rows) * hidden, rng_);
-  auto w = round_bf16(random_vec(hidden, rng_));
-  auto res_cpu = res;
-  std::vector<float> ref(res.size());
-  cpu::add_rms_norm(res_cpu.data(), delta.data(), f32_view(w, {hidden}), ref.data(), rows, hidden, 1e-6f);
-  auto out = api::add_rms_norm(res, delta, w, {}, rows, hidden, 1e-6f);
-  EXPECT_LT(rel_err(out, ref), kBf16Tol);
-  EXPECT_LT(rel_err(res, res_cpu), 1e-6);
+  for (int hidden : {256, 896, 1536, 3584, 4096, 5120}) {
+    const int rows = 37;
+    auto res = random_vec(size_t(rows) * hidden, rng_), delta = random_vec(size_t(rows) * hidden, rng_);
+    auto w = round_bf16(random_vec(hidden, rng_));
+    auto res_cpu = res;
+    std::vector<float> ref(res.size());
+    cpu::add_rms_norm(res_cpu.data(), delta.data(), f32_view(w, {hidden}), ref.data(), rows, hidden, 1e-6f);
+    auto out = api::add_rms_norm(res, delta, w, {}, rows, hidden, 1e-6f);
+    EXPECT_LT(rel_err(out, ref), kBf16Tol) << "hidden " << hidden;
+    EXPECT_LT(rel_err(res, res_cpu), 1e-6) << "hidden " << hidden;
+    // Without a delta: the residual is only read.
+    const auto before = res;
+    cpu::rms_norm(res.data(), f32_view(w, {hidden}), ref.data(), rows, hidden, 1e-6f);
+    out = api::add_rms_norm(res, {}, w, {}, rows, hidden, 1e-6f);
+    EXPECT_LT(rel_err(out, ref), kBf16Tol) << "hidden " << hidden << " without delta";
+    EXPECT_EQ(res, before);
+  }
 }
 
 TEST_F(CudaKernels, add_rms_norm_gathers_rows_without_touching_residual) {
-  const int rows = 20, hidden = 256;
-  auto res = random_vec(size_t(rows) * hidden, rng_), delta = random_vec(size_t(rows) * hidden, rng_);
-  auto w = round_bf16(random_vec(hidden, rng_));
-  const std::vector<int32_t> idx = {19, 3, 7};
-  std::vector<float> sel, ref(idx.size() * hidden);
-  for (int32_t r : idx)
-    for (int i = 0; i < hidden; ++i) sel.push_back(res[size_t(r) * hidden + i] + delta[size_t(r) * hidden + i]);
-  cpu::rms_norm(sel.data(), f32_view(w, {hidden}), ref.data(), int64_t(idx.size()), hidden, 1e-6f);
-  const auto before = res;
-  auto out = api::add_rms_norm(res, delta, w, idx, rows, hidden, 1e-6f);
-  EXPECT_LT(rel_err(out, ref), kBf16Tol);
-  EXPECT_EQ(res, before);
+  for (int hidden : {256, 1536, 5120}) {
+    const int rows = 20;
+    auto res = random_vec(size_t(rows) * hidden, rng_), delta = random_vec(size_t(rows) * hidden, rng_);
+    auto w = round_bf16(random_vec(hidden, rng_));
+    const std::vector<int32_t> idx = {19, 3, 7};
+    std::vector<float> sel, ref(idx.size() * hidden);
+    for (int32_t r : idx)
+      for (int i = 0; i < hidden; ++i) sel.push_back(res[size_t(r) * hidden + i] + delta[size_t(r) * hidden + i]);
+    cpu::rms_norm(sel.data(), f32_view(w, {hidden}), ref.data(), int64_t(idx.size()), hidden, 1e-6f);
+    const auto before = res;
+    auto out = api::add_rms_norm(res, delta, w, idx, rows, hidden, 1e-6f);
+    EXPECT_LT(rel_err(out, ref), kBf16Tol) << "hidden " << hidden;
+    EXPECT_EQ(res, before);
+  }
 }
 
 // 16-byte accesses where inter % 8 == 0 (a partial last block of columns included), the pair

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "backend/cuda/activation.cuh"
 #include "backend/cuda/gemv.cuh"
 #include "backend/cuda/qkv_rope.cuh"
 
@@ -61,8 +62,7 @@ __device__ __forceinline__ void linear_store(const GemvArgs& a, int r, int o, fl
   } else if constexpr (OUT == GemvOut::kQkvRope) {
     qkv_rope_store(a.rope, r, o, s);
   } else {
-    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(a.y) + yo) =
-        __floats2bfloat162_rn(s.x / (1.f + expf(-s.x)) * up.x, s.y / (1.f + expf(-s.y)) * up.y);
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(a.y) + yo) = swiglu2(s, up);
   }
 }
 

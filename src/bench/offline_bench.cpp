@@ -21,6 +21,7 @@ struct RunStats {
   int64_t decode_steps = 0;
   double decode_step_s_sum = 0;
   double host_us_sum = 0;     // decode steps only
+  std::vector<double> host_us;  // per counted decode step
   double backend_us_sum = 0;  // of host_us_sum: inside the backend
   double enqueue_us_sum = 0;  // of backend_us_sum: the CUDA calls that enqueue the step
   double gap_us_sum = 0;      // async: of host_us_sum, between collect and the next launch
@@ -97,7 +98,8 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
       st.decode_ctx_sum += len + double(generated_total) / batch;
       st.decode_step_s_sum += seconds(s1 - s0);
       if (tm.valid) {
-        st.host_us_sum += seconds(s1 - s0) * 1e6 - tm.wait_us;
+        st.host_us.push_back(seconds(s1 - s0) * 1e6 - tm.wait_us);
+        st.host_us_sum += st.host_us.back();
         st.backend_us_sum += tm.host_us;
         st.enqueue_us_sum += tm.enqueue_us;
         st.gap_us_sum += gap_us;
@@ -182,7 +184,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
         MPS_ASSIGN_OR_RETURN(RunStats ignored, run_once(eng, vocab, batch, std::min(len, 16), o.output_len, ++run_seed));
         (void)ignored;
       }
-      std::vector<double> pf, dt, ds, host, backend_host, enqueue, gap, ctxs, ahead;
+      std::vector<double> pf, dt, ds, host, host_p50, backend_host, enqueue, gap, ctxs, ahead;
       for (int rep = 0; rep < o.repeats; ++rep) {
         MPS_ASSIGN_OR_RETURN(RunStats st, run_once(eng, vocab, batch, len, o.output_len, ++run_seed));
         pf.push_back(double(batch) * len / st.prefill_s);
@@ -194,6 +196,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
         }
         if (st.host_steps) {
           host.push_back(st.host_us_sum / double(st.host_steps));
+          host_p50.push_back(median(st.host_us));
           backend_host.push_back(st.backend_us_sum / double(st.host_steps));
           enqueue.push_back(st.enqueue_us_sum / double(st.host_steps));
           gap.push_back(st.gap_us_sum / double(st.host_steps));
@@ -208,6 +211,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
       r.decode_step_ms = median(ds), r.decode_step_ms_spread = spread(ds);
       if (!host.empty()) {
         r.host_us_per_step = median(host);
+        r.host_us_p50 = median(host_p50);
         r.backend_host_us_per_step = median(backend_host);
         r.enqueue_us_per_step = median(enqueue);
         if (eng.options().async_scheduling) r.gap_us_per_step = median(gap);
@@ -254,7 +258,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           "decode_step_ms={:.4f} step_spread={:.3f} host_us_per_step={} host_frac={} "
           "decode_bytes_per_step={:.4g} decode_roofline_frac={} prefill_flops={:.4g} prefill_peak_frac={} "
           "copy_gb_s={} bf16_tflops={} host_backend_us={} host_enqueue_us={} host_gap_us={} launched_ahead={} "
-          "decode_flops_per_step={:.4g} decode_compute_frac={} decode_floor_frac={}",
+          "decode_flops_per_step={:.4g} decode_compute_frac={} decode_floor_frac={} host_us_p50={}",
           o.model_label.empty() ? "?" : o.model_label, be.name(), have_ceilings ? ceil.device_name : "n/a", batch,
           len, o.output_len, o.repeats, r.prefill_tok_s, r.prefill_tok_s_spread, r.decode_tok_s,
           r.decode_tok_s_spread, r.decode_step_ms, r.decode_step_ms_spread, fmt_opt(r.host_us_per_step, "{:.1f}"),
@@ -264,7 +268,7 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           have_ceilings ? fmt::format("{:.1f}", ceil.bf16_tflops) : "n/a", fmt_opt(r.backend_host_us_per_step, "{:.1f}"),
           fmt_opt(r.enqueue_us_per_step, "{:.1f}"), fmt_opt(r.gap_us_per_step, "{:.1f}"),
           fmt_opt(r.launched_ahead_frac, "{:.2f}"), r.decode_flops_per_step, fmt_opt(r.decode_compute_frac, "{:.3f}"),
-          fmt_opt(r.decode_floor_frac, "{:.3f}")));
+          fmt_opt(r.decode_floor_frac, "{:.3f}"), fmt_opt(r.host_us_p50, "{:.1f}")));
       results.push_back(r);
     }
   }

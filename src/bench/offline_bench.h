@@ -31,6 +31,9 @@ struct OfflineBenchResult {
   double decode_tok_s = 0, decode_tok_s_spread = 0;
   double decode_step_ms = 0, decode_step_ms_spread = 0;
   double host_us_per_step = -1;  // -1: the backend does not time its steps
+  // The median decode step's host time (median over repeats of each run's median): the mean above
+  // takes every OS hiccup of the host whole, a few ms spread over a run's few dozen steps.
+  double host_us_p50 = -1;
   // Of host_us_per_step: the backend's own share (packing, enqueueing, reading results back), and
   // of that the CUDA calls that enqueue the step; the rest of the host time is the engine's.
   double backend_host_us_per_step = -1;

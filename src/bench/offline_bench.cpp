@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <unordered_map>
 
@@ -20,12 +21,10 @@ struct RunStats {
   double decode_s = 0;        // from then until every request has finished
   int64_t decode_steps = 0;
   double decode_step_s_sum = 0;
-  double host_us_sum = 0;     // decode steps only
-  std::vector<double> host_us;  // per counted decode step
-  double backend_us_sum = 0;  // of host_us_sum: inside the backend
+  std::vector<double> host_us;  // per counted decode step that the backend timed
+  double backend_us_sum = 0;  // of host_us: inside the backend
   double enqueue_us_sum = 0;  // of backend_us_sum: the CUDA calls that enqueue the step
-  double gap_us_sum = 0;      // async: of host_us_sum, between collect and the next launch
-  int64_t host_steps = 0;
+  double gap_us_sum = 0;      // async: of host_us, between collect and the next launch
   int64_t ahead_steps = 0;    // async: counted decode steps launched before the step before was collected
   double decode_ctx_sum = 0;  // mean keys per sequence read by each counted decode step, summed
 };
@@ -99,11 +98,9 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
       st.decode_step_s_sum += seconds(s1 - s0);
       if (tm.valid) {
         st.host_us.push_back(seconds(s1 - s0) * 1e6 - tm.wait_us);
-        st.host_us_sum += st.host_us.back();
         st.backend_us_sum += tm.host_us;
         st.enqueue_us_sum += tm.enqueue_us;
         st.gap_us_sum += gap_us;
-        ++st.host_steps;
       }
     }
     for (const engine::RequestOutput& o : outs) {
@@ -124,12 +121,18 @@ Result<RunStats> run_once(engine::Engine& eng, int32_t vocab, int batch, int len
 
 std::string fmt_opt(double v, const char* f) { return v < 0 ? std::string("n/a") : fmt::format(fmt::runtime(f), v); }
 
+// Weights of one layer's linears: qkv, o, gate/up and down.
+double linear_params_per_layer(const model::ModelConfig& c) {
+  const double h = double(c.hidden_size), q = double(c.q_dim()), k = double(c.kv_dim());
+  return h * (q + 2 * k) + q * h + 3 * double(c.intermediate_size) * h;
+}
+
 }  // namespace
 
 double decode_weight_bytes(const model::ModelConfig& c) {
   const double h = double(c.hidden_size), q = double(c.q_dim()), k = double(c.kv_dim());
-  const double in = double(c.intermediate_size), v = double(c.vocab_size);
-  double per_layer = h * (q + 2 * k) + q * h + 3 * in * h + 2 * h;
+  const double v = double(c.vocab_size);
+  double per_layer = linear_params_per_layer(c) + 2 * h;
   if (c.attention_bias) per_layer += q + 2 * k;
   if (c.qk_norm) per_layer += 2 * double(c.head_dim);
   return 2.0 * (double(c.num_layers) * per_layer + h + v * h);
@@ -140,17 +143,15 @@ double decode_kv_bytes(const model::ModelConfig& c, int batch, double ctx) {
 }
 
 double decode_flops(const model::ModelConfig& c, int batch, double ctx) {
-  const double h = double(c.hidden_size), q = double(c.q_dim()), k = double(c.kv_dim());
-  const double in = double(c.intermediate_size), v = double(c.vocab_size);
-  const double proj = 2.0 * (h * (q + 2 * k) + q * h + 3 * in * h);  // per token per layer
+  const double h = double(c.hidden_size), q = double(c.q_dim()), v = double(c.vocab_size);
+  const double proj = 2.0 * linear_params_per_layer(c);  // per token per layer
   const double attn = 2.0 * 2.0 * q * ctx;                           // per token per layer
   return double(batch) * (double(c.num_layers) * (proj + attn) + 2.0 * v * h);
 }
 
 double prefill_flops(const model::ModelConfig& c, int batch, int len) {
-  const double h = double(c.hidden_size), q = double(c.q_dim()), k = double(c.kv_dim());
-  const double in = double(c.intermediate_size), v = double(c.vocab_size), L = double(len);
-  const double proj = 2.0 * (h * (q + 2 * k) + q * h + 3 * in * h);  // per token per layer
+  const double h = double(c.hidden_size), q = double(c.q_dim()), v = double(c.vocab_size), L = double(len);
+  const double proj = 2.0 * linear_params_per_layer(c);  // per token per layer
   const double attn = 2.0 * 2.0 * q * (L * (L + 1) / 2.0);             // per sequence per layer
   return double(batch) * (double(c.num_layers) * (L * proj + attn) + 2.0 * v * h);
 }
@@ -194,12 +195,13 @@ Result<std::vector<OfflineBenchResult>> run_offline_bench(engine::Engine& eng, i
           ctxs.push_back(st.decode_ctx_sum / double(st.decode_steps));
           ahead.push_back(double(st.ahead_steps) / double(st.decode_steps));
         }
-        if (st.host_steps) {
-          host.push_back(st.host_us_sum / double(st.host_steps));
+        if (!st.host_us.empty()) {
+          const double n = double(st.host_us.size());
+          host.push_back(std::accumulate(st.host_us.begin(), st.host_us.end(), 0.0) / n);
           host_p50.push_back(median(st.host_us));
-          backend_host.push_back(st.backend_us_sum / double(st.host_steps));
-          enqueue.push_back(st.enqueue_us_sum / double(st.host_steps));
-          gap.push_back(st.gap_us_sum / double(st.host_steps));
+          backend_host.push_back(st.backend_us_sum / n);
+          enqueue.push_back(st.enqueue_us_sum / n);
+          gap.push_back(st.gap_us_sum / n);
         }
         std::fprintf(out, "  run batch=%d input_len=%d rep=%d prefill_s=%.4f decode_s=%.4f decode_steps=%lld\n",
                      batch, len, rep, st.prefill_s, st.decode_s, static_cast<long long>(st.decode_steps));

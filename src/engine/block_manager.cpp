@@ -21,9 +21,40 @@ uint64_t mix64(uint64_t x) {  // splitmix64 finalizer
 }  // namespace
 
 BlockManager::BlockManager(int32_t num_blocks, int32_t block_size, bool enable_prefix_caching)
-    : block_size_(block_size), prefix_caching_(enable_prefix_caching), blocks_(num_blocks) {
+    : block_size_(block_size),
+      prefix_caching_(enable_prefix_caching),
+      blocks_(std::max(num_blocks, 0)),
+      cached_() {
   MPS_CHECK_MSG(num_blocks > 0 && block_size > 0, "num_blocks={} block_size={}", num_blocks, block_size);
-  for (int32_t i = 0; i < num_blocks; ++i) blocks_[i].free_pos = free_list_.insert(free_list_.end(), i);
+  // note: written (zeroed) here, not left to first touch: page faults of a lazily mapped table
+  // landed on the host path of decode steps, where EngineHostBench measured them (+3 us a step at
+  // batch 256 with the H200's pool); this way a process pays them once, at start.
+  if (prefix_caching_) cached_tokens_.assign(size_t(num_blocks) * size_t(block_size), 0);
+  for (int32_t i = 0; i < num_blocks; ++i) free_list_push(i, /*front=*/false);
+}
+
+void BlockManager::free_list_push(int32_t id, bool front) {
+  Block& b = blocks_[id];
+  if (front) {
+    b.prev = -1;
+    b.next = free_head_;
+    (free_head_ >= 0 ? blocks_[free_head_].prev : free_tail_) = id;
+    free_head_ = id;
+  } else {
+    b.next = -1;
+    b.prev = free_tail_;
+    (free_tail_ >= 0 ? blocks_[free_tail_].next : free_head_) = id;
+    free_tail_ = id;
+  }
+  ++num_free_;
+}
+
+void BlockManager::free_list_remove(int32_t id) {
+  Block& b = blocks_[id];
+  (b.prev >= 0 ? blocks_[b.prev].next : free_head_) = b.next;
+  (b.next >= 0 ? blocks_[b.next].prev : free_tail_) = b.prev;
+  b.prev = b.next = -1;
+  --num_free_;
 }
 
 uint64_t BlockManager::block_key(uint64_t parent, std::span<const int32_t> tokens) const {
@@ -42,11 +73,11 @@ BlockManager::PrefixHit BlockManager::find_prefix(const Sequence& seq) const {
   for (int32_t i = 0; i < max_blocks; ++i) {
     std::span<const int32_t> toks(seq.tokens.data() + static_cast<size_t>(i) * block_size_, block_size_);
     uint64_t key = block_key(parent, toks);
-    auto it = cached_.find(key);
-    if (it == cached_.end()) break;
-    const Block& b = blocks_[it->second];
-    if (!std::equal(toks.begin(), toks.end(), b.tokens.begin(), b.tokens.end())) break;
-    hit.blocks.push_back(it->second);
+    const int32_t id = cached_.find(key);
+    if (id < 0) break;
+    const Block& b = blocks_[id];
+    if (!std::equal(toks.begin(), toks.end(), block_tokens(id))) break;
+    hit.blocks.push_back(id);
     hit.keys.push_back(key);
     if (b.ref_count == 0) ++hit.num_free;
     parent = key;
@@ -72,7 +103,7 @@ void BlockManager::allocate(Sequence& seq, int32_t num_new_tokens) {
   PrefixHit hit = find_prefix(seq);
   for (int32_t id : hit.blocks) {
     Block& b = blocks_[id];
-    if (b.ref_count == 0) free_list_.erase(b.free_pos);
+    if (b.ref_count == 0) free_list_remove(id);
     ++b.ref_count;
     seq.block_table.push_back(id);
   }
@@ -107,12 +138,13 @@ void BlockManager::on_computed(Sequence& seq) {
     // Another sequence computed the same block first (or a hash collision): keep this copy
     // private; the chain key stays valid for the blocks after it. (One lookup: the map is large
     // and every probe of it a cache miss on the host path between device steps.)
-    if (!cached_.try_emplace(key, seq.block_table[i]).second) continue;
-    Block& b = blocks_[seq.block_table[i]];
+    const int32_t id = seq.block_table[i];
+    if (!cached_.insert(key, id)) continue;
+    Block& b = blocks_[id];
     MPS_CHECK(!b.cached);
     b.cached = true;
     b.key = key;
-    b.tokens.assign(toks.begin(), toks.end());
+    std::copy(toks.begin(), toks.end(), block_tokens(id));
   }
 }
 
@@ -121,9 +153,7 @@ void BlockManager::free(Sequence& seq) {
   for (auto it = seq.block_table.rbegin(); it != seq.block_table.rend(); ++it) {
     Block& b = blocks_[*it];
     MPS_CHECK_MSG(b.ref_count > 0, "double free of block {} (seq {})", *it, seq.id);
-    if (--b.ref_count == 0) {
-      b.free_pos = b.cached ? free_list_.insert(free_list_.end(), *it) : free_list_.insert(free_list_.begin(), *it);
-    }
+    if (--b.ref_count == 0) free_list_push(*it, /*front=*/!b.cached);
   }
   seq.block_table.clear();
   ++seq.table_epoch;
@@ -132,9 +162,9 @@ void BlockManager::free(Sequence& seq) {
 }
 
 int32_t BlockManager::take_free_block() {
-  MPS_CHECK_MSG(!free_list_.empty(), "out of KV blocks");
-  const int32_t id = free_list_.front();
-  free_list_.pop_front();
+  MPS_CHECK_MSG(free_head_ >= 0, "out of KV blocks");
+  const int32_t id = free_head_;
+  free_list_remove(id);
   if (blocks_[id].cached) uncache(id);
   blocks_[id].ref_count = 1;
   return id;
@@ -145,7 +175,6 @@ void BlockManager::uncache(int32_t id) {
   cached_.erase(b.key);
   b.cached = false;
   b.key = 0;
-  b.tokens.clear();
 }
 
 void BlockManager::check_invariants(std::span<const Sequence* const> live) const {
@@ -173,7 +202,7 @@ void BlockManager::check_invariants(std::span<const Sequence* const> live) const
       const int64_t end = static_cast<int64_t>(i + 1) * block_size_;
       MPS_CHECK_MSG(end <= s->num_computed, "seq {}: cached block {} at index {} not yet computed ({} computed)",
                     s->id, id, i, s->num_computed);
-      MPS_CHECK_MSG(std::equal(b.tokens.begin(), b.tokens.end(), s->tokens.begin() + (end - block_size_)),
+      MPS_CHECK_MSG(std::equal(block_tokens(id), block_tokens(id) + block_size_, s->tokens.begin() + (end - block_size_)),
                     "seq {}: cached block {} holds other tokens", s->id, id);
     }
   }
@@ -182,15 +211,10 @@ void BlockManager::check_invariants(std::span<const Sequence* const> live) const
     const Block& b = blocks_[id];
     MPS_CHECK_MSG(b.ref_count == refs[id], "block {}: ref_count {} but {} holders", id, b.ref_count, refs[id]);
     MPS_CHECK_MSG(b.ref_count <= 1 || b.cached, "block {} shared by {} but not a cached full block", id, b.ref_count);
-    if (b.ref_count == 0) {
-      ++num_ref0;
-      MPS_CHECK_MSG(*b.free_pos == id, "block {}: stale free-list position", id);
-    }
+    if (b.ref_count == 0) ++num_ref0;
     if (b.cached) {
       ++num_cached;
-      auto it = cached_.find(b.key);
-      MPS_CHECK_MSG(it != cached_.end() && it->second == id, "block {}: cached but not in the key map", id);
-      MPS_CHECK(static_cast<int32_t>(b.tokens.size()) == block_size_);
+      MPS_CHECK_MSG(cached_.find(b.key) == id, "block {}: cached but not in the key map", id);
     }
   }
   MPS_CHECK_MSG(num_ref0 == num_free_blocks(), "{} blocks with ref 0 but free list holds {}", num_ref0,
@@ -198,10 +222,15 @@ void BlockManager::check_invariants(std::span<const Sequence* const> live) const
   MPS_CHECK_MSG(num_cached == num_cached_blocks(), "{} cached blocks but key map holds {}", num_cached,
                 num_cached_blocks());
   std::vector<char> seen(n, 0);
-  for (int32_t id : free_list_) {
-    MPS_CHECK_MSG(!seen[id] && blocks_[id].ref_count == 0, "free list: block {} repeated or in use", id);
+  int32_t walked = 0, prev = -1;
+  for (int32_t id = free_head_; id >= 0; prev = id, id = blocks_[id].next) {
+    MPS_CHECK_MSG(id < n && !seen[id] && blocks_[id].ref_count == 0, "free list: block {} repeated or in use", id);
+    MPS_CHECK_MSG(blocks_[id].prev == prev, "free list: block {} has a stale back link", id);
     seen[id] = 1;
+    ++walked;
   }
+  MPS_CHECK_MSG(prev == free_tail_ && walked == num_free_, "free list: {} blocks walked, {} counted", walked,
+                num_free_);
 }
 
 }  // namespace mpserve::engine

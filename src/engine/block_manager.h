@@ -11,14 +11,18 @@
 // shared block is never written again, so no copy-on-write is needed. A cached block whose
 // ref count drops to 0 stays cached on the free list (evictable, least recently freed first)
 // until a fresh allocation takes it.
+//
+// The host side of a decode step touches this class for every sequence, and a GPU's pool has
+// hundreds of thousands of blocks: no operation allocates memory. The free list is intrusive
+// (links in the block array), the key map is one open-addressing table, and a cached block's
+// tokens live in one flat array indexed by block id.
 #pragma once
 
 #include <cstdint>
-#include <list>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
+#include "engine/key_table.h"
 #include "engine/sequence.h"
 
 namespace mpserve::engine {
@@ -30,10 +34,10 @@ class BlockManager {
   int32_t block_size() const { return block_size_; }
   int32_t num_total_blocks() const { return static_cast<int32_t>(blocks_.size()); }
   // Blocks with ref count 0, cached-but-evictable ones included.
-  int32_t num_free_blocks() const { return static_cast<int32_t>(free_list_.size()); }
+  int32_t num_free_blocks() const { return num_free_; }
   int32_t num_used_blocks() const { return num_total_blocks() - num_free_blocks(); }
   // Blocks currently holding a prefix-cache key (in use or evictable).
-  int32_t num_cached_blocks() const { return static_cast<int32_t>(cached_.size()); }
+  int32_t num_cached_blocks() const { return cached_.size(); }
   // Cumulative tokens served from the prefix cache by allocate().
   int64_t cache_hit_tokens() const { return cache_hit_tokens_; }
   int64_t cache_hit_blocks() const { return cache_hit_blocks_; }
@@ -65,10 +69,9 @@ class BlockManager {
  private:
   struct Block {
     int32_t ref_count = 0;
-    bool cached = false;           // holds a key in cached_
+    int32_t prev = -1, next = -1;  // free-list neighbours while ref_count == 0 (-1: none)
+    bool cached = false;           // holds a key in cached_, and its tokens in cached_tokens_
     uint64_t key = 0;              // hash-chain key, valid when cached
-    std::vector<int32_t> tokens;   // [block_size] tokens when cached; guards against hash collisions
-    std::list<int32_t>::iterator free_pos;  // position in free_list_ when ref_count == 0
   };
   struct PrefixHit {
     std::vector<int32_t> blocks;
@@ -80,14 +83,20 @@ class BlockManager {
   PrefixHit find_prefix(const Sequence& seq) const;
   int32_t take_free_block();
   void uncache(int32_t id);
+  // The free list: uncached blocks at the front (taken first), cached ones at the back, so
+  // evicting a cached block is the last resort and the least recently freed one goes first.
+  void free_list_push(int32_t id, bool front);
+  void free_list_remove(int32_t id);
+  const int32_t* block_tokens(int32_t id) const { return cached_tokens_.data() + size_t(id) * size_t(block_size_); }
+  int32_t* block_tokens(int32_t id) { return cached_tokens_.data() + size_t(id) * size_t(block_size_); }
 
   const int32_t block_size_;
   const bool prefix_caching_;
   std::vector<Block> blocks_;
-  // Front: taken first. Uncached blocks go to the front, cached ones to the back, so evicting a
-  // cached block is the last resort and the least recently freed one goes first.
-  std::list<int32_t> free_list_;
-  std::unordered_map<uint64_t, int32_t> cached_;
+  int32_t free_head_ = -1, free_tail_ = -1, num_free_ = 0;
+  KeyTable cached_;
+  // [num_blocks][block_size] tokens of the cached blocks (guards against hash collisions).
+  std::vector<int32_t> cached_tokens_;
   int64_t cache_hit_tokens_ = 0;
   int64_t cache_hit_blocks_ = 0;
 };

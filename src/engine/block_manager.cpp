@@ -23,8 +23,7 @@ uint64_t mix64(uint64_t x) {  // splitmix64 finalizer
 BlockManager::BlockManager(int32_t num_blocks, int32_t block_size, bool enable_prefix_caching)
     : block_size_(block_size),
       prefix_caching_(enable_prefix_caching),
-      blocks_(std::max(num_blocks, 0)),
-      cached_() {
+      blocks_(std::max(num_blocks, 0)) {
   MPS_CHECK_MSG(num_blocks > 0 && block_size > 0, "num_blocks={} block_size={}", num_blocks, block_size);
   // note: written (zeroed) here, not left to first touch: page faults of a lazily mapped table
   // landed on the host path of decode steps, where EngineHostBench measured them (+3 us a step at

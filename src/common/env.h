@@ -18,7 +18,7 @@ inline constexpr const char* kTokenizerDir = "MPSERVE_TOKENIZER_DIR";
 inline constexpr const char* kCudaGemvMaxRows = "MPSERVE_CUDA_GEMV_MAX_ROWS";
 // CUDA backend: decode steps above the GEMV's rows and at most this many use the tensor-core
 // decode linears (mma_linear.cuh; 0 = cuBLASLt there, at most 64); default by model size
-// (cuda_backend.cpp: 16 up to hidden 1536, 32 at 2048, 0 above).
+// (cuda_backend.cpp: 16 up to hidden 1536, 64 at 2048, 0 above).
 inline constexpr const char* kCudaMmaLinearMaxRows = "MPSERVE_CUDA_MMA_LINEAR_MAX_ROWS";
 // CUDA backend: decode linears that take the tensor-core kernel also at the GEMV's row counts, a
 // comma list of gate_up, lm_head (cuda_backend.cpp has the default).

@@ -100,6 +100,26 @@ TEST_F(GemvBench, DISABLED_mma_linears_vs_cublaslt) {
   }
 }
 
+// The wgmma decode linear alone (48 and 64 rows, the launcher's plan, and at 64 rows every split
+// of 128-row tiles) against cuBLASLt, every decoder linear of every shape: a short run, for A/B
+// of the kernel's variants. The norm modes include the mma path's add_rms_norm launch.
+TEST_F(GemvBench, DISABLED_wgmma_linears_vs_cublaslt) {
+  constexpr int kMmaRepeats = 30;
+  for (const ModelShape& m : kShapes) {
+    for (const Linear& l : decode_linears(m)) {
+      if (std::string(l.name) == "lm_head") continue;
+      const std::string shape = std::string(m.name) + "_" + l.name;
+      for (int rows : {48, 64}) {
+        print("mma", shape, rows, api::gemv_bench(l.mode, false, rows, l.in, l.out, kMmaRepeats, 0, 0, 0, true));
+        print("cublaslt", shape, rows, api::gemv_bench(l.mode, true, rows, l.in, l.out, kMmaRepeats));
+      }
+      for (int split : {1, 2, 3, 4, 6, 8})
+        print("mma_plan", shape, 64,
+              api::gemv_bench(l.mode, false, 64, l.in, l.out, kMmaRepeats, 0, 0, 0, true, 128, split));
+    }
+  }
+}
+
 // Tile height and warps per block around the launcher's choice, for retuning gemv_plan.
 TEST_F(GemvBench, DISABLED_plan_sweep) {
   for (const ModelShape& m : {kShapes[0], kShapes[3]}) {  // 0.5b, 7b

@@ -270,13 +270,14 @@ class CudaBackend final : public Backend {
   // note: measured on an H200 (docs/results/cuda_backend.md, seventh session; bench offline steps
   // at context 128 against cuBLASLt + norm/SiLU/RoPE kernels): 0.5B -12% at 12 and 16 rows, +4%
   // at 24 and 32, +25% at 64; 1.5B -13% at 12, -2% at 24; 3B -14% at 8 and 12, -5% at 24 and 32,
-  // +24% at 64; 7B +1% at 8 and 12, +7% at 24. At 33..64 rows the wgmma kernel still loses 6-9%
-  // (3B 64 x 128: 3.07 vs 2.88-2.90 ms; 0.5B 1.11 vs 1.02-1.03). So: 16 rows up to hidden 1536, 32 at
+  // +24% at 64; 7B +1% at 8 and 12, +7% at 24. At 33..64 rows the wgmma kernel, fed by TMA since
+  // the fifteenth session: 3B -2.6 to -3.5% at 40 and 48 rows, -0.2 to -2.5% at 64 (contexts
+  // 128-2048); 0.5B +1.8%, 1.5B +1.4%, 7B +8.8% at 64 x 128. So: 16 rows up to hidden 1536, 64 at
   // 2048, none above.
   int mma_max_rows_ = mma_max_rows_from_env(c_.hidden_size);
   static int mma_max_rows_from_env(int64_t hidden) {
     auto v = env::get(env::kCudaMmaLinearMaxRows);
-    if (!v) return hidden <= 1536 ? 16 : hidden <= 2048 ? 32 : 0;
+    if (!v) return hidden <= 1536 ? 16 : hidden <= 2048 ? kMmaLinearMaxRows : 0;
     int n = std::atoi(v->c_str());
     return n < 0 ? 0 : (n > kMmaLinearMaxRows ? kMmaLinearMaxRows : n);
   }

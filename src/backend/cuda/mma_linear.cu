@@ -19,13 +19,16 @@
 // PDL: the first kStages - 1 weight stages are requested before pdl_wait() (no kernel writes
 // weights); x (written by the kernel before) only after it.
 //
-// Above 32 rows with 128-row tiles, one warpgroup runs the same stages through wgmma (sm_90a,
-// mma_linear_wg_kernel): 64 batch rows are its M. Measured on an H200 it is faster than the
-// mma.sync kernel at 64 rows (3B step 3.03-3.07 vs 3.60 ms) but still 6-9% slower than cuBLASLt, so the
-// backend does not send 64-row steps here by default (docs/results/cuda_backend.md, seventh session).
+// Above 32 rows with 128-row tiles, one warpgroup runs wgmma (sm_90a, mma_linear_wg_kernel) on
+// stages of the same layout that a producer warp fills through TMA: 64 batch rows are its M. With
+// TMA it beats the cuBLASLt path on 3B-shaped 40-64-row steps by 0.2-3.5%, and loses on 0.5B,
+// 1.5B (1-2%) and 7B (9%) (docs/results/cuda_backend.md, fifteenth session); the backend's row
+// limits follow those measurements.
 #include <algorithm>
 
 #include <cooperative_groups.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
 
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/linear_epilogue.cuh"
@@ -262,11 +265,12 @@ __global__ void __launch_bounds__(kThreads) mma_linear_kernel(GemvArgs a, int sp
   reduce_store<BN, OUT, kThreads>(a, red, tile, rank, split);
 }
 
-// ---- 33..64 rows: one warpgroup issuing wgmma (sm_90a) on the same stages ----
-// note: 64 batch rows are wgmma's M; the x and W stages above are already in the layout of its
-// 128-byte-swizzled K-major shared-memory operands (16-byte chunk c of row r at c ^ (r % 8),
-// stage bases 1024-byte aligned), so a 16-wide k slice is a descriptor 32 bytes further on.
-constexpr int kWgThreads = 128;
+// ---- 33..64 rows: wgmma (sm_90a) ----
+// note: 64 batch rows are wgmma's M; x and W stages are in the layout of its 128-byte-swizzled
+// K-major shared-memory operands (16-byte chunk c of row r at c ^ (r % 8), stage bases 1024-byte
+// aligned, the layout TMA's 128-byte swizzle writes), so a 16-wide k slice is a descriptor 32
+// bytes further on.
+constexpr int kWgThreads = 128;  // the consumer warpgroup
 constexpr int kWgBN = 128;
 constexpr int kWgMinRows = 32;  // above this many rows (3-4 m-tiles of mma.sync) the wgmma kernel
 
@@ -310,63 +314,134 @@ __device__ __forceinline__ void wgmma_wait(float (&d)[64]) {
   for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
 #endif
 }
-// cp.async writes are generic-proxy writes; wgmma reads shared memory through the async proxy.
-__device__ __forceinline__ void fence_proxy_async_smem() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
+
+// ---- 33..64 rows: a producer warp feeding one wgmma warpgroup through TMA ----
+// note: the stages are filled by TMA (cp.async.bulk.tensor with the 128-byte swizzle, the layout
+// sw128_desc describes) from one lane of a fifth warp, and tracked by a full / empty mbarrier
+// pair per stage, so the consumer warpgroup never issues a copy or joins a block barrier inside
+// the loop. x rows past `rows` and weight rows or columns past the matrix come back as zeros
+// from the tensor maps' bounds. Measured on an H200 (docs/results/cuda_backend.md, fifteenth
+// session), the same loop fed by cp.async from the warpgroup's own threads made 40-64-row steps
+// 2-5% slower; 6 stages (one block per SM) were slower per launch than 4.
+constexpr int kTmaThreads = kWgThreads + 32;
+constexpr int kTmaStageBytes = (64 + kWgBN) * 128;
+constexpr int kTmaStages = 4;  // two blocks per SM
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+// Spins until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// Box (c0 = column along `in`, c1 = row) of tensor map `map` into shared memory at dst; its bytes
+// complete a transaction of `bar`.
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+      "[%4];\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+      : "memory");
 }
 
 template <GemvOut OUT>
-__global__ void __launch_bounds__(kWgThreads) mma_linear_wg_kernel(GemvArgs a, int split) {
-  using Copier = StageCopier<64, kWgBN, OUT, kWgThreads>;
+__global__ void __launch_bounds__(kTmaThreads) mma_linear_wg_kernel(GemvArgs a, int split,
+                                                                      const __grid_constant__ CUtensorMap w_map,
+                                                                      const __grid_constant__ CUtensorMap x_map) {
+  constexpr int S = kTmaStages;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // wgmma's swizzle pattern repeats every 1024 bytes: align the stages to it (launch adds 1 KiB).
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  __shared__ __align__(8) uint64_t full[S], empty[S];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
   const int rank = static_cast<int>(blockIdx.x) % split, tile = static_cast<int>(blockIdx.x) / split;
   const StepRun run(a.in, rank, split);
-  const Copier copy(a, tile, tid);
-  copy.prologue(smem, run);
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], kWgThreads / 32);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
 
   float d[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) d[i] = 0.f;
-  // note: step i's MMAs stay in flight while the warpgroup waits for step i + 1's stage; the
-  // copies of step i + kStages - 1 go to step i - 1's slot once its MMAs are done (wait <1>).
-  for (int i = 0; i < run.n; ++i) {
-    cp_async_wait<kStages - 2>();
-    fence_proxy_async_smem();
-    __syncthreads();
-    const unsigned char* xs = smem + (i % kStages) * Copier::kStageBytes;
-    const unsigned char* ws = xs + Copier::kXBytes;
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n128k16(d, sw128_desc(xs + 32 * kk), sw128_desc(ws + 32 * kk));
-    wgmma_commit();
-    wgmma_wait<1>(d);
-    const int nx = i + kStages - 1;
-    if (nx < run.n) {
-      copy.w(smem, nx % kStages, run.s0 + nx);
-      copy.xs(smem, nx % kStages, run.s0 + nx);
+  if (warp == kWgThreads / 32) {
+    // Producer: one lane issues every copy. The weight boxes of the first S stages go out before
+    // the PDL wait (no kernel writes weights), x's after.
+    if (lane == 0) {
+      auto w_box = [&](int i) {
+        unsigned char* ws = smem + (i % S) * kTmaStageBytes + 64 * 128;
+        const int k0 = (run.s0 + i) * kBK;
+        if constexpr (OUT == GemvOut::kSwiGlu) {
+          tma_load_2d(ws, &w_map, k0, tile * (kWgBN / 2), &full[i % S]);
+          tma_load_2d(ws + (kWgBN / 2) * 128, &w_map, k0, a.out + tile * (kWgBN / 2), &full[i % S]);
+        } else {
+          tma_load_2d(ws, &w_map, k0, tile * kWgBN, &full[i % S]);
+        }
+      };
+      auto x_box = [&](int i) { tma_load_2d(smem + (i % S) * kTmaStageBytes, &x_map, (run.s0 + i) * kBK, 0, &full[i % S]); };
+      const int first = min(S, run.n);
+      for (int i = 0; i < first; ++i) {
+        mbar_arrive_expect_tx(&full[i], kTmaStageBytes);
+        w_box(i);
+      }
+      pdl_wait();
+      pdl_trigger();
+      for (int i = 0; i < first; ++i) x_box(i);
+      for (int i = S; i < run.n; ++i) {
+        mbar_wait(&empty[i % S], ((i / S) & 1) ^ 1);  // step i - S's MMAs are done with the slot
+        mbar_arrive_expect_tx(&full[i % S], kTmaStageBytes);
+        w_box(i);
+        x_box(i);
+      }
+    } else {
+      pdl_wait();
     }
-    cp_async_commit();
+  } else {
+    pdl_wait();  // (the epilogue reads and writes what earlier kernels touch)
+    pdl_trigger();
+    for (int i = 0; i < run.n; ++i) {
+      mbar_wait(&full[i % S], (i / S) & 1);
+      const unsigned char* xs = smem + (i % S) * kTmaStageBytes;
+      const unsigned char* ws = xs + 64 * 128;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n128k16(d, sw128_desc(xs + 32 * kk), sw128_desc(ws + 32 * kk));
+      wgmma_commit();
+      wgmma_wait<1>(d);  // step i - 1's MMAs are done: its slot goes back to the producer
+      if (i > 0 && lane == 0) mbar_arrive(&empty[(i - 1) % S]);
+    }
+    wgmma_wait<0>(d);
   }
-  wgmma_wait<0>(d);
-  cp_async_wait<0>();
-  __syncthreads();  // the stages become the partial tile
+  __syncthreads();  // every stage has been consumed: they become the partial tile
 
-  // Accumulator fragment: d[4i..4i+1] row 16 warp + g, columns 8i + 2t (+1); d[4i+2..3] row + 8.
   float* red = reinterpret_cast<float*>(smem);
   constexpr int kStride = red_stride<kWgBN>();
+  if (warp < kWgThreads / 32) {
+    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int i = 0; i < kWgBN / 8; ++i) {
-    const int r = 16 * warp + g, col = 8 * i + 2 * t;
-    *reinterpret_cast<float2*>(red + r * kStride + col) = make_float2(d[4 * i], d[4 * i + 1]);
-    *reinterpret_cast<float2*>(red + (r + 8) * kStride + col) = make_float2(d[4 * i + 2], d[4 * i + 3]);
+    for (int i = 0; i < kWgBN / 8; ++i) {
+      const int r = 16 * warp + g, col = 8 * i + 2 * t;
+      *reinterpret_cast<float2*>(red + r * kStride + col) = make_float2(d[4 * i], d[4 * i + 1]);
+      *reinterpret_cast<float2*>(red + (r + 8) * kStride + col) = make_float2(d[4 * i + 2], d[4 * i + 3]);
+    }
   }
-  reduce_store<kWgBN, OUT, kWgThreads>(a, red, tile, rank, split);
+  reduce_store<kWgBN, OUT, kTmaThreads>(a, red, tile, rank, split);
 }
 
 template <GemvOut OUT>
@@ -374,9 +449,10 @@ int tiles_for(const GemvArgs& a, int bn) {
   return CEIL_DIV(a.out, OUT == GemvOut::kSwiGlu ? bn / 2 : bn);
 }
 
-template <typename K>
+// Launches `kernel` (a, p.split, extra...) on the plan's grid and clusters.
+template <typename K, typename... Extra>
 void launch_kernel_plan(K* kernel, int threads, size_t smem, const GemvArgs& a, const MmaLinearPlan& p,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, const Extra&... extra) {
   resident_blocks(reinterpret_cast<const void*>(kernel), threads, smem);  // raises the smem limit once
   // note: the largest shared memory: the stages take 72-96 KiB a block, and the kernel's
   // neighbours are its add_rms_norm and other tensor-core linears.
@@ -384,7 +460,7 @@ void launch_kernel_plan(K* kernel, int threads, size_t smem, const GemvArgs& a, 
   LaunchOptions opt;
   opt.cluster = p.split > 1 ? &cluster : nullptr;
   opt.max_shared = true;
-  launch_kernel(kernel, dim3(p.grid), dim3(threads), opt, smem, stream, a, p.split);
+  launch_kernel(kernel, dim3(p.grid), dim3(threads), opt, smem, stream, a, p.split, extra...);
 }
 
 template <int MT, int BN, GemvOut OUT>
@@ -393,13 +469,49 @@ void launch(const GemvArgs& a, const MmaLinearPlan& p, cudaStream_t stream) {
   launch_kernel_plan(mma_linear_kernel<MT, BN, OUT>, kThreads, smem_bytes<MT, BN>(), a, p, stream);
 }
 
+// cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || p == nullptr)
+      cuda_check_failed("cudaGetDriverEntryPointByVersion", __FILE__, __LINE__, "no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// A row-major bf16 (rows, cols) matrix as a TMA tensor map of (box_rows, 64)-element boxes, 128-byte
+// swizzled (one box row is one 128-byte shared row); reads past its edges fill zeros.
+CUtensorMap tensor_map(const __nv_bfloat16* base, int rows, int cols, int box_rows) {
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(cols) * sizeof(__nv_bfloat16)};
+  const cuuint32_t box[2] = {cuuint32_t(kBK), cuuint32_t(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<__nv_bfloat16*>(base),
+                                          dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) cuda_check_failed("cuTensorMapEncodeTiled", __FILE__, __LINE__, "cannot encode the tensor map");
+  return m;
+}
+
+template <GemvOut OUT>
+void launch_wg(const GemvArgs& a, const MmaLinearPlan& p, cudaStream_t stream) {
+  const bool swiglu = OUT == GemvOut::kSwiGlu;
+  const CUtensorMap w = tensor_map(a.w, swiglu ? 2 * a.out : a.out, a.in, swiglu ? kWgBN / 2 : kWgBN);
+  const CUtensorMap x = tensor_map(static_cast<const __nv_bfloat16*>(a.x), a.rows, a.in, 64);
+  launch_kernel_plan(mma_linear_wg_kernel<OUT>, kTmaThreads, size_t(kTmaStages) * kTmaStageBytes + 1024, a, p, stream,
+                     w, x);
+}
+
 template <GemvOut OUT>
 void dispatch(const GemvArgs& a, const MmaLinearPlan& p, cudaStream_t stream) {
   if (p.wgmma) {
-    static_assert(size_t(64) * red_stride<kWgBN>() * 4 <= smem_bytes<4, kWgBN>());
-    // note: 6 and 8 stages (one block per SM) measured 20-50% slower per launch at 64 rows (H200).
-    return launch_kernel_plan(mma_linear_wg_kernel<OUT>, kWgThreads, smem_bytes<4, kWgBN>() + 1024, a, p,
-                              stream);
+    static_assert(size_t(64) * red_stride<kWgBN>() * 4 <= size_t(kTmaStages) * kTmaStageBytes);
+    return launch_wg<OUT>(a, p, stream);
   }
   const int mt = CEIL_DIV(a.rows, 16);
   auto bn = [&]<int MT>() {

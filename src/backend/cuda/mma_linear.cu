@@ -559,16 +559,23 @@ MmaLinearPlan mma_linear_plan(const GemvArgs& a, GemvOut out_mode, int bn, int s
   return p;
 }
 
+// note: the norm launch before a linear triggers the linear's launch at its start (add_rms_norm's
+// `early`) only ahead of the mma.sync kernel on hidden sizes up to 1536. Measured on an H200 against
+// the trigger after the norm's wait (docs/results/cuda_backend.md, fifteenth session): 0.5B and 1.5B
+// steps of 12-16 rows 0.7-3.8% shorter; 3B mixed (16 x 512 +3%, 32 x 128 -2%, 12 x 128 even); ahead
+// of the wgmma kernel 3B 64-row steps 3.5-4.3% longer.
+constexpr int kEarlyNormMaxHidden = 1536;
+
 void mma_linear(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_t stream, const MmaLinearPlan* plan) {
   check_linear_args(a, in_mode, out_mode, kMmaLinearMaxRows);
   GemvArgs b = a;
+  const MmaLinearPlan p = plan ? *plan : mma_linear_plan(a, out_mode);
   if (in_mode == GemvIn::kRmsNorm) {
     CUDA_SHAPE_CHECK(a.x_norm != nullptr && a.in % 4 == 0);
     add_rms_norm(static_cast<float*>(const_cast<void*>(a.x)), nullptr, a.norm_w, a.x_norm, nullptr, a.rows, a.in,
-                 a.eps, stream);
+                 a.eps, stream, /*early=*/!p.wgmma && a.in <= kEarlyNormMaxHidden);
     b.x = a.x_norm;
   }
-  const MmaLinearPlan p = plan ? *plan : mma_linear_plan(a, out_mode);
   CUDA_SHAPE_CHECK((p.bn == 64 || p.bn == 128) && (!p.wgmma || p.bn == kWgBN) && p.split >= 1 &&
                    p.split <= kMaxSplit && p.grid == by_out(out_mode, [&]<GemvOut OUT>() { return tiles_for<OUT>(a, p.bn); }) * p.split);
   by_out(out_mode, [&]<GemvOut OUT>() { dispatch<OUT>(b, p, stream); });

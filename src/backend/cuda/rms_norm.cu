@@ -20,9 +20,10 @@ __device__ float block_sum(float v) {
 // One block per row; float4 accesses (hidden % 4 == 0).
 __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(float* residual, const float* delta,
                                                                 const __nv_bfloat16* weight, __nv_bfloat16* out,
-                                                                const int32_t* row_index, int hidden, float eps) {
+                                                                const int32_t* row_index, int hidden, float eps, bool early) {
+  if (early) pdl_trigger();
   pdl_wait();  // residual and delta come from the kernels before
-  pdl_trigger();
+  if (!early) pdl_trigger();
   const int r = blockIdx.x;
   const int64_t s = row_index ? row_index[r] : r;
   float4* res = reinterpret_cast<float4*>(residual + s * hidden);
@@ -63,7 +64,8 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(float* residual,
 template <int kPer>
 __global__ void __launch_bounds__(kThreads) add_rms_norm_regs_kernel(float* residual, const float* delta,
                                                                      const __nv_bfloat16* weight, __nv_bfloat16* out,
-                                                                     const int32_t* row_index, int hidden, float eps) {
+                                                                     const int32_t* row_index, int hidden, float eps, bool early) {
+  if (early) pdl_trigger();
   const int n4 = hidden / 4;
   const uint2* w4 = reinterpret_cast<const uint2*>(weight);  // 4 bf16 per float4 of the row
   uint2 wv[kPer];
@@ -76,7 +78,7 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_regs_kernel(float* resi
   // row_index is this step's host data (staged before the first kernel), not an earlier kernel's.
   const int64_t s = row_index ? row_index[r] : r;
   pdl_wait();  // residual and delta come from the kernels before
-  pdl_trigger();
+  if (!early) pdl_trigger();
   float4* res = reinterpret_cast<float4*>(residual + s * hidden);
   const float4* del = delta ? reinterpret_cast<const float4*>(delta + s * hidden) : nullptr;
   float4 v[kPer];
@@ -112,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_regs_kernel(float* resi
 }  // namespace
 
 void add_rms_norm(float* residual, const float* delta, const __nv_bfloat16* weight, __nv_bfloat16* out,
-                  const int32_t* row_index, int rows, int hidden, float eps, cudaStream_t stream) {
+                  const int32_t* row_index, int rows, int hidden, float eps, cudaStream_t stream, bool early) {
   CUDA_SHAPE_CHECK(rows >= 0 && hidden > 0 && hidden % 4 == 0);
   if (rows == 0) return;
   // note: only ever between cuBLASLt GEMMs or tensor-core linears (the GEMVs fuse their norm).
@@ -121,7 +123,7 @@ void add_rms_norm(float* residual, const float* delta, const __nv_bfloat16* weig
   const int per = CEIL_DIV(hidden / 4, kThreads);
   auto regs = [&](auto kernel) {
     launch_kernel(kernel, dim3(rows), dim3(kThreads), opt, 0, stream, residual, delta, weight, out, row_index, hidden,
-                  eps);
+                  eps, early);
   };
   // (8-byte weight loads and output stores: the rows of `out` and `weight` start 8-byte aligned)
   if (hidden % 4 == 0 && reinterpret_cast<uintptr_t>(weight) % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
@@ -130,7 +132,7 @@ void add_rms_norm(float* residual, const float* delta, const __nv_bfloat16* weig
     if (per <= 4) return regs(add_rms_norm_regs_kernel<4>);
   }
   launch_kernel(add_rms_norm_kernel, dim3(rows), dim3(kThreads), opt, 0, stream, residual, delta, weight, out,
-                row_index, hidden, eps);
+                row_index, hidden, eps, early);
 }
 
 }  // namespace mpserve::backend::cuda

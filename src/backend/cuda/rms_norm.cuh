@@ -14,7 +14,11 @@ namespace mpserve::backend::cuda {
 // and, only when row_index is null, residual[s] = v (the residual stream advances).
 // residual, delta: (>= rows, hidden) f32; weight: (hidden) bf16; out: (rows, hidden) bf16.
 // note: the gathered form (row_index set) is the final norm of only the sampled positions.
+// early: let the next kernel launch (pdl_trigger) as this one starts instead of after its wait
+// for the previous kernel, so the next kernel's weight prefetch overlaps the previous kernel too.
+// Whether that pays depends on the next kernel and the model (mma_linear() chooses, and says what
+// was measured).
 void add_rms_norm(float* residual, const float* delta, const __nv_bfloat16* weight, __nv_bfloat16* out,
-                  const int32_t* row_index, int rows, int hidden, float eps, cudaStream_t stream);
+                  const int32_t* row_index, int rows, int hidden, float eps, cudaStream_t stream, bool early = false);
 
 }  // namespace mpserve::backend::cuda

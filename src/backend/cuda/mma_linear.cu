@@ -394,7 +394,9 @@ __global__ void __launch_bounds__(kTmaThreads) mma_linear_wg_kernel(GemvArgs a, 
           tma_load_2d(ws, &w_map, k0, tile * kWgBN, &full[i % S]);
         }
       };
-      auto x_box = [&](int i) { tma_load_2d(smem + (i % S) * kTmaStageBytes, &x_map, (run.s0 + i) * kBK, 0, &full[i % S]); };
+      auto x_box = [&](int i) {
+        tma_load_2d(smem + (i % S) * kTmaStageBytes, &x_map, (run.s0 + i) * kBK, 0, &full[i % S]);
+      };
       const int first = min(S, run.n);
       for (int i = 0; i < first; ++i) {
         mbar_arrive_expect_tx(&full[i], kTmaStageBytes);
@@ -494,7 +496,8 @@ CUtensorMap tensor_map(const __nv_bfloat16* base, int rows, int cols, int box_ro
                                           dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
                                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) cuda_check_failed("cuTensorMapEncodeTiled", __FILE__, __LINE__, "cannot encode the tensor map");
+  if (r != CUDA_SUCCESS)
+    cuda_check_failed("cuTensorMapEncodeTiled", __FILE__, __LINE__, "cannot encode the tensor map");
   return m;
 }
 
@@ -570,14 +573,15 @@ void mma_linear(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_
   check_linear_args(a, in_mode, out_mode, kMmaLinearMaxRows);
   GemvArgs b = a;
   const MmaLinearPlan p = plan ? *plan : mma_linear_plan(a, out_mode);
+  const int tiles = by_out(out_mode, [&]<GemvOut OUT>() { return tiles_for<OUT>(a, p.bn); });
+  CUDA_SHAPE_CHECK((p.bn == 64 || p.bn == 128) && (!p.wgmma || p.bn == kWgBN) && p.split >= 1 &&
+                   p.split <= kMaxSplit && p.grid == tiles * p.split);
   if (in_mode == GemvIn::kRmsNorm) {
     CUDA_SHAPE_CHECK(a.x_norm != nullptr && a.in % 4 == 0);
     add_rms_norm(static_cast<float*>(const_cast<void*>(a.x)), nullptr, a.norm_w, a.x_norm, nullptr, a.rows, a.in,
                  a.eps, stream, /*early=*/!p.wgmma && a.in <= kEarlyNormMaxHidden);
     b.x = a.x_norm;
   }
-  CUDA_SHAPE_CHECK((p.bn == 64 || p.bn == 128) && (!p.wgmma || p.bn == kWgBN) && p.split >= 1 &&
-                   p.split <= kMaxSplit && p.grid == by_out(out_mode, [&]<GemvOut OUT>() { return tiles_for<OUT>(a, p.bn); }) * p.split);
   by_out(out_mode, [&]<GemvOut OUT>() { dispatch<OUT>(b, p, stream); });
 }
 

@@ -20,7 +20,8 @@ __device__ float block_sum(float v) {
 // One block per row; float4 accesses (hidden % 4 == 0).
 __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(float* residual, const float* delta,
                                                                 const __nv_bfloat16* weight, __nv_bfloat16* out,
-                                                                const int32_t* row_index, int hidden, float eps, bool early) {
+                                                                const int32_t* row_index, int hidden, float eps,
+                                                                bool early) {
   if (early) pdl_trigger();
   pdl_wait();  // residual and delta come from the kernels before
   if (!early) pdl_trigger();
@@ -64,7 +65,8 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(float* residual,
 template <int kPer>
 __global__ void __launch_bounds__(kThreads) add_rms_norm_regs_kernel(float* residual, const float* delta,
                                                                      const __nv_bfloat16* weight, __nv_bfloat16* out,
-                                                                     const int32_t* row_index, int hidden, float eps, bool early) {
+                                                                     const int32_t* row_index, int hidden, float eps,
+                                                                     bool early) {
   if (early) pdl_trigger();
   const int n4 = hidden / 4;
   const uint2* w4 = reinterpret_cast<const uint2*>(weight);  // 4 bf16 per float4 of the row

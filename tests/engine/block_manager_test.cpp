@@ -152,12 +152,6 @@ TEST(BlockManager, block_manager_without_prefix_caching_shares_nothing) {
   bm.check_invariants(live);
 }
 
-}  // namespace
-}  // namespace mpserve::engine
-
-namespace mpserve::engine {
-namespace {
-
 // Host cost of the block manager in a long-running server: the H200's 0.5B pool (676k blocks of
 // 16) churned by 129-token requests (admit, compute, free) until every block has been cached, so
 // each admission evicts cached blocks and the key map is full. DISABLED_: run by hand:

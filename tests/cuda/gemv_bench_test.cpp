@@ -80,7 +80,7 @@ TEST_F(GemvBench, DISABLED_linears_vs_cublaslt) {
 
 // The tensor-core decode linear (mma_linear.cuh) against cuBLASLt at 1..64 rows, the launcher's
 // plan and, for retuning mma_linear_plan, every tile width with splits 1, 2, 4, 8. The norm
-// modes include the mma path's add_rms_norm launch; cuBLASLt's rows leave out its norm / SiLU /
+// modes include the mma path's rms_norm launch; cuBLASLt's rows leave out its norm / SiLU /
 // add kernels.
 TEST_F(GemvBench, DISABLED_mma_linears_vs_cublaslt) {
   constexpr int kMmaRepeats = 15;  // 360 measurements: keep the run within a few minutes
@@ -102,7 +102,7 @@ TEST_F(GemvBench, DISABLED_mma_linears_vs_cublaslt) {
 
 // The wgmma decode linear alone (48 and 64 rows, the launcher's plan, and at 64 rows every split
 // of 128-row tiles) against cuBLASLt, every decoder linear of every shape: a short run, for A/B
-// of the kernel's variants. The norm modes include the mma path's add_rms_norm launch.
+// of the kernel's variants. The norm modes include the mma path's rms_norm launch.
 TEST_F(GemvBench, DISABLED_wgmma_linears_vs_cublaslt) {
   constexpr int kMmaRepeats = 30;
   for (const ModelShape& m : kShapes) {

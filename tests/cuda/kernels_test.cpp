@@ -39,41 +39,34 @@ class CudaKernels : public ::testing::Test {
 };
 
 // Hidden sizes held in registers 1, 2 and 4 float4 a thread (256, 896, 1536, 3584, 4096, partial
-// last iterations included) and past that (5120: the loop kernel).
-TEST_F(CudaKernels, add_rms_norm_matches_cpu_and_advances_residual) {
+// last iterations included) and past that (5120: the loop kernel). The residual is only read.
+TEST_F(CudaKernels, rms_norm_matches_cpu) {
   for (int hidden : {256, 896, 1536, 3584, 4096, 5120}) {
     const int rows = 37;
-    auto res = random_vec(size_t(rows) * hidden, rng_), delta = random_vec(size_t(rows) * hidden, rng_);
+    const auto x = random_vec(size_t(rows) * hidden, rng_);
     auto w = round_bf16(random_vec(hidden, rng_));
-    auto res_cpu = res;
-    std::vector<float> ref(res.size());
-    cpu::add_rms_norm(res_cpu.data(), delta.data(), f32_view(w, {hidden}), ref.data(), rows, hidden, 1e-6f);
-    auto out = api::add_rms_norm(res, delta, w, {}, rows, hidden, 1e-6f);
-    EXPECT_LT(rel_err(out, ref), kBf16Tol) << "hidden " << hidden;
-    EXPECT_LT(rel_err(res, res_cpu), 1e-6) << "hidden " << hidden;
-    // Without a delta: the residual is only read.
-    const auto before = res;
-    cpu::rms_norm(res.data(), f32_view(w, {hidden}), ref.data(), rows, hidden, 1e-6f);
-    out = api::add_rms_norm(res, {}, w, {}, rows, hidden, 1e-6f);
-    EXPECT_LT(rel_err(out, ref), kBf16Tol) << "hidden " << hidden << " without delta";
-    EXPECT_EQ(res, before);
+    std::vector<float> ref(x.size());
+    cpu::rms_norm(x.data(), f32_view(w, {hidden}), ref.data(), rows, hidden, 1e-6f);
+    bool unchanged = false;
+    EXPECT_LT(rel_err(api::rms_norm(x, w, {}, rows, hidden, 1e-6f, &unchanged), ref), kBf16Tol) << "hidden " << hidden;
+    EXPECT_TRUE(unchanged) << "hidden " << hidden;
   }
 }
 
-TEST_F(CudaKernels, add_rms_norm_gathers_rows_without_touching_residual) {
+TEST_F(CudaKernels, rms_norm_gathers_rows) {
   for (int hidden : {256, 1536, 5120}) {
     const int rows = 20;
-    auto res = random_vec(size_t(rows) * hidden, rng_), delta = random_vec(size_t(rows) * hidden, rng_);
+    const auto x = random_vec(size_t(rows) * hidden, rng_);
     auto w = round_bf16(random_vec(hidden, rng_));
     const std::vector<int32_t> idx = {19, 3, 7};
     std::vector<float> sel, ref(idx.size() * hidden);
-    for (int32_t r : idx)
-      for (int i = 0; i < hidden; ++i) sel.push_back(res[size_t(r) * hidden + i] + delta[size_t(r) * hidden + i]);
+    for (int32_t r : idx) {
+      sel.insert(sel.end(), x.begin() + ptrdiff_t(r) * hidden, x.begin() + ptrdiff_t(r + 1) * hidden);
+    }
     cpu::rms_norm(sel.data(), f32_view(w, {hidden}), ref.data(), int64_t(idx.size()), hidden, 1e-6f);
-    const auto before = res;
-    auto out = api::add_rms_norm(res, delta, w, idx, rows, hidden, 1e-6f);
-    EXPECT_LT(rel_err(out, ref), kBf16Tol) << "hidden " << hidden;
-    EXPECT_EQ(res, before);
+    bool unchanged = false;
+    EXPECT_LT(rel_err(api::rms_norm(x, w, idx, rows, hidden, 1e-6f, &unchanged), ref), kBf16Tol) << "hidden " << hidden;
+    EXPECT_TRUE(unchanged) << "hidden " << hidden;
   }
 }
 
@@ -117,6 +110,27 @@ TEST_F(CudaKernels, tuned_linear_matches_cpu) {
     EXPECT_LT(rel_err(api::linear(x, w, rows, in, out, /*tune=*/true, &candidates), ref), 1e-4);
     if (rows >= 16) {
       EXPECT_GT(candidates, 1);
+    }
+  }
+}
+
+// With `accumulate` the GEMM adds into y (the residual adds of o and down at batch > 64 and in
+// prefill): y0 + x . w^T, also when the tuner first timed its candidates (they must write
+// elsewhere: five runs each into y would leave y0 + many products).
+TEST_F(CudaKernels, accumulating_linear_adds_into_y) {
+  for (const bool tune : {false, true}) {
+    for (const auto& [rows, in, out] : {std::tuple{64, 896, 1152}, std::tuple{5, 136, 88}}) {
+      SCOPED_TRACE(testing::Message() << rows << "x" << in << "x" << out << (tune ? " tuned" : ""));
+      auto x = round_bf16(random_vec(size_t(rows) * in, rng_)), w = round_bf16(random_vec(size_t(out) * in, rng_));
+      const auto y0 = random_vec(size_t(rows) * out, rng_);
+      std::vector<float> ref(size_t(rows) * out);
+      cpu::linear(x.data(), f32_view(w, {out, in}), model::TensorView{}, ref.data(), rows, pool_);
+      for (size_t i = 0; i < ref.size(); ++i) ref[i] += y0[i];
+      int candidates = -1;
+      EXPECT_LT(rel_err(api::linear(x, w, rows, in, out, tune, &candidates, &y0), ref), 1e-4);
+      if (tune && rows >= 16) {
+        EXPECT_GT(candidates, 1);
+      }
     }
   }
 }

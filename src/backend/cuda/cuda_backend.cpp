@@ -195,7 +195,6 @@ class CudaBackend final : public Backend {
 
   // Activations, T = max_tokens_, S = max_num_seqs.
   float* residual_ = nullptr;           // (T, H) f32 residual stream
-  float* delta_ = nullptr;              // (T, H) f32 output of the last block, not yet added
   __nv_bfloat16* hnorm_ = nullptr;      // (T, H) normed block input
   float* qkv_ = nullptr;                // (T, Q + 2K) f32, q and k in the RoPE pair layout
   __nv_bfloat16* q_ = nullptr;          // (T, Q) roped queries
@@ -383,7 +382,6 @@ void CudaBackend::allocate_activations() {
   const size_t h = size_t(c_.hidden_size), q = size_t(c_.q_dim()), k = size_t(c_.kv_dim());
   const size_t in = size_t(c_.intermediate_size), v = size_t(c_.vocab_size);
   residual_ = mem_.alloc<float>(t * h);
-  delta_ = mem_.alloc<float>(t * h);
   hnorm_ = mem_.alloc<__nv_bfloat16>(t * h);
   qkv_ = mem_.alloc<float>(t * (q + 2 * k));
   q_ = mem_.alloc<__nv_bfloat16>(t * q);
@@ -520,7 +518,12 @@ Status CudaBackend::init() {
 // norm or SiLU kernels), and, for models without q/k norm, do bias, RoPE and the KV-cache write
 // in the qkv GEMV's epilogue: five launches per layer (six with q/k norm). Decode steps of up to
 // kMmaLinearMaxRows rows take the same path on the tensor-core linears (mma_linear.cuh), whose
-// norm prologue is a separate add_rms_norm launch: seven launches per layer.
+// norm prologue is a separate rms_norm launch: seven launches per layer. Every other step
+// (prefill, larger decode batches) runs cuBLASLt GEMMs, with o and down accumulating into the
+// residual themselves (beta = 1), so the norms only normalise.
+// note: measured on an H200 against o and down writing an f32 delta that the next norm added
+// (docs/results/cuda_backend.md, sixteenth session): 7B 256-row decode steps -1.0 to -1.1%,
+// prefill about +1% tokens/s on every model, 0.5B-3B 256-row steps within the run-to-run spread.
 void CudaBackend::forward(const StepShape& s) {
   const int h = static_cast<int>(c_.hidden_size), q = static_cast<int>(c_.q_dim()), k = static_cast<int>(c_.kv_dim());
   const int in = static_cast<int>(c_.intermediate_size), v = static_cast<int>(c_.vocab_size);
@@ -554,7 +557,6 @@ void CudaBackend::forward(const StepShape& s) {
   };
   embed_lookup(embed_, dev<int32_t>(L.tokens), residual_, s.tokens, h, v, stream_);
   mark("embed");
-  bool pending = false;  // delta_ holds a block output not yet added to residual_ (unfused path)
   for (size_t l = 0; l < layers_.size(); ++l) {
     const LayerDev& d = layers_[l];
     if (opts_.ablation != Ablation::kNoAttention) {
@@ -587,9 +589,8 @@ void CudaBackend::forward(const StepShape& s) {
           gemv_call(residual_, d.input_norm, d.qkv, qkv_, h, q + 2 * k, GemvIn::kRmsNorm, GemvOut::kF32);
           mark("norm_qkv_gemv");
         } else {
-          add_rms_norm(residual_, pending ? delta_ : nullptr, d.input_norm, hnorm_, nullptr, s.tokens, h, eps,
-                       stream_);
-          mark("add_rms_norm");
+          rms_norm(residual_, d.input_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
+          mark("rms_norm");
           gemm_->linear(hnorm_, d.qkv, qkv_, true, s.tokens, h, q + 2 * k, stream_, s.decode);
           mark("qkv_gemm");
         }
@@ -649,9 +650,8 @@ void CudaBackend::forward(const StepShape& s) {
         gemv_call(attn_, nullptr, d.o, residual_, q, h, GemvIn::kBf16, GemvOut::kAddF32);
         mark("o_gemv_add");
       } else {
-        gemm_->linear(attn_, d.o, delta_, true, s.tokens, q, h, stream_, s.decode);
-        mark("o_gemm");
-        pending = true;
+        gemm_->linear(attn_, d.o, residual_, true, s.tokens, q, h, stream_, s.decode, /*accumulate=*/true);
+        mark("o_gemm_add");
       }
     }
     if (opts_.ablation != Ablation::kNoMlp) {
@@ -662,15 +662,14 @@ void CudaBackend::forward(const StepShape& s) {
         gemv_call(act_, nullptr, d.down, residual_, in, h, GemvIn::kBf16, GemvOut::kAddF32);
         mark("down_gemv_add");
       } else {
-        add_rms_norm(residual_, pending ? delta_ : nullptr, d.post_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
-        mark("add_rms_norm");
+        rms_norm(residual_, d.post_norm, hnorm_, nullptr, s.tokens, h, eps, stream_);
+        mark("rms_norm");
         gemm_->linear(hnorm_, d.gate_up, gate_up_, false, s.tokens, h, 2 * in, stream_, s.decode);
         mark("gate_up_gemm");
         silu_mul(gate_up_, act_, s.tokens, in, stream_);
         mark("silu_mul");
-        gemm_->linear(act_, d.down, delta_, true, s.tokens, in, h, stream_, s.decode);
-        mark("down_gemm");
-        pending = true;
+        gemm_->linear(act_, d.down, residual_, true, s.tokens, in, h, stream_, s.decode, /*accumulate=*/true);
+        mark("down_gemm_add");
       }
     }
   }
@@ -680,9 +679,9 @@ void CudaBackend::forward(const StepShape& s) {
               mma_small_lm_head_);
     mark("final_norm_lm_head_gemv");
   } else {
-    add_rms_norm(residual_, pending ? delta_ : nullptr, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled,
+    rms_norm(residual_, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled,
                  h, eps, stream_);
-    mark("add_rms_norm");
+    mark("rms_norm");
     gemm_->linear(final_h_, lm_head_, logits_, true, s.sampled, h, v, stream_, s.decode);
     mark("lm_head_gemm");
   }

@@ -34,8 +34,8 @@ bool Gemm::tuning_enabled() {
   return enabled;
 }
 
-const Gemm::TuneResult* Gemm::tune_result(int rows, int in, int out, bool y_f32) const {
-  const auto it = plans_.find(std::make_tuple(rows, in, out, y_f32));
+const Gemm::TuneResult* Gemm::tune_result(int rows, int in, int out, bool y_f32, bool accumulate) const {
+  const auto it = plans_.find(std::make_tuple(rows, in, out, y_f32, accumulate));
   return it != plans_.end() && it->second.tune.candidates > 0 ? &it->second.tune : nullptr;
 }
 
@@ -43,8 +43,8 @@ const Gemm::TuneResult* Gemm::tune_result(int rows, int in, int out, bool y_f32)
 // op T gives (out, in); row-major x (rows, in) is column-major (in, rows) = B; the column-major
 // result (out, rows) is row-major y (rows, out). So m = out, n = rows, k = in.
 const Gemm::Plan& Gemm::plan(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, int rows, int in, int out,
-                             bool y_f32, cudaStream_t stream, bool tune) {
-  const auto key = std::make_tuple(rows, in, out, y_f32);
+                             bool y_f32, bool accumulate, cudaStream_t stream, bool tune) {
+  const auto key = std::make_tuple(rows, in, out, y_f32, accumulate);
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
   Plan p;
@@ -62,7 +62,9 @@ const Gemm::Plan& Gemm::plan(const __nv_bfloat16* x, const __nv_bfloat16* w, voi
   cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  const bool wanted = tune && tuning_enabled() && l2_flush_ != nullptr;
+  // An accumulating call's timed runs write into l2_flush_ (y, read as C, stays as it was).
+  const size_t y_bytes = size_t(rows) * size_t(out) * (y_f32 ? 4 : 2);
+  const bool wanted = tune && tuning_enabled() && l2_flush_ != nullptr && (!accumulate || y_bytes <= l2_flush_bytes_);
   if (wanted) CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   const bool timed = wanted && capture == cudaStreamCaptureStatusNone;
   CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, timed ? kTuneCandidates : 1,
@@ -71,24 +73,31 @@ const Gemm::Plan& Gemm::plan(const __nv_bfloat16* x, const __nv_bfloat16* w, voi
   if (found == 0) cuda_check_failed("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, "no algorithm");
   p.algo = results[0].algo;
   if (timed && found > 1) {
-    tune_plan(p, results, found, x, w, y, stream);
-    log::debug("gemm: rows={} in={} out={} {}: tuned {} candidates, chose #{} {:.1f} us (heuristic's first {:.1f} us)",
-               rows, in, out, y_f32 ? "f32" : "bf16", p.tune.candidates, p.tune.chosen, p.tune.chosen_us,
-               p.tune.heuristic_us);
+    if (accumulate) {
+      tune_plan(p, results, found, x, w, y, l2_flush_, 1.f, stream);
+    } else {
+      tune_plan(p, results, found, x, w, y, y, 0.f, stream);
+    }
+    log::debug("gemm: rows={} in={} out={} {}{}: tuned {} candidates, chose #{} {:.1f} us (heuristic's first "
+               "{:.1f} us)",
+               rows, in, out, y_f32 ? "f32" : "bf16", accumulate ? " +=" : "", p.tune.candidates, p.tune.chosen,
+               p.tune.chosen_us, p.tune.heuristic_us);
   }
   return plans_.emplace(key, p).first->second;
 }
 
 // Times every candidate kTuneRuns times, interleaved (run r of every candidate, then run r + 1),
 // each run after overwriting l2_flush_ so the weights come from HBM as in a real step; keeps the
-// lowest median. Candidates that fail to launch are skipped. `y` is overwritten (the caller's
-// call right after computes it again).
+// lowest median. Candidates that fail to launch are skipped. Each run computes y = x . w^T +
+// beta * c; `y` is overwritten (the caller's call right after computes it again), or is l2_flush_
+// itself (accumulating calls: the memset comes before the run, so the run's output is kept
+// only until the next one's flush).
 void Gemm::tune_plan(Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, const __nv_bfloat16* x,
-                     const __nv_bfloat16* w, void* y, cudaStream_t stream) {
+                     const __nv_bfloat16* w, const void* c, void* y, float beta, cudaStream_t stream) {
   cudaEvent_t start = nullptr, stop = nullptr;
   CUDA_CHECK(cudaEventCreate(&start));
   CUDA_CHECK(cudaEventCreate(&stop));
-  const float alpha = 1.f, beta = 0.f;
+  const float alpha = 1.f;
   std::vector<std::vector<float>> times(static_cast<size_t>(found));
   std::vector<bool> ok(static_cast<size_t>(found), true);
   for (int r = 0; r <= kTuneRuns; ++r) {  // run 0 warms up (module load, first-touch) and is not kept
@@ -99,7 +108,7 @@ void Gemm::tune_plan(Plan& p, const cublasLtMatmulHeuristicResult_t* results, in
       }
       CUDA_CHECK(cudaMemsetAsync(l2_flush_, r & 1, l2_flush_bytes_, stream));
       CUDA_CHECK(cudaEventRecord(start, stream));
-      const cublasStatus_t st = cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
+      const cublasStatus_t st = cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, c, p.c, y, p.c,
                                                &results[i].algo, workspace_, workspace_bytes_, stream);
       CUDA_CHECK(cudaEventRecord(stop, stream));
       CUDA_CHECK(cudaEventSynchronize(stop));
@@ -132,11 +141,11 @@ void Gemm::tune_plan(Plan& p, const cublasLtMatmulHeuristicResult_t* results, in
 }
 
 void Gemm::linear(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int rows, int in, int out,
-                  cudaStream_t stream, bool tune) {
+                  cudaStream_t stream, bool tune, bool accumulate) {
   CUDA_SHAPE_CHECK(rows >= 0 && in > 0 && out > 0 && in % 8 == 0 && out % 8 == 0);
   if (rows == 0) return;
-  const Plan& p = plan(x, w, y, rows, in, out, y_f32, stream, tune);
-  const float alpha = 1.f, beta = 0.f;
+  const Plan& p = plan(x, w, y, rows, in, out, y_f32, accumulate, stream, tune);
+  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
   CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo, workspace_,
                               workspace_bytes_, stream));
 }

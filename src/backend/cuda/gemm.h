@@ -29,12 +29,16 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  // y (rows, out) = x (rows, in) . w^T, w (out, in) row-major as in torch. y is f32 when
-  // y_f32, else bf16. Pointers 16-byte aligned. Descriptors and the algorithm are cached per
-  // (rows, in, out, y type), so a captured graph replays exactly what eager ran. `tune`: time the
-  // candidates on the first call of this shape (above); ignored while `stream` is capturing.
+  // y (rows, out) = x (rows, in) . w^T, w (out, in) row-major as in torch; with `accumulate`,
+  // y += x . w^T instead (beta = 1: cuBLASLt reads y and adds in f32 before its one store, so a
+  // residual add needs no kernel of its own). y is f32 when y_f32, else bf16. Pointers 16-byte
+  // aligned. Descriptors and the algorithm are cached per (rows, in, out, y type, accumulate), so
+  // a captured graph replays exactly what eager ran. `tune`: time the candidates on the first
+  // call of this shape (above); ignored while `stream` is capturing. An accumulating shape is
+  // timed writing into the tuner's scratch (y is only read), or, where that is too small for
+  // (rows, out), not tuned.
   void linear(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, bool y_f32, int rows, int in, int out,
-              cudaStream_t stream, bool tune = false);
+              cudaStream_t stream, bool tune = false, bool accumulate = false);
 
   // Whether tuning is on for this process (MPSERVE_CUDA_GEMM_TUNE, default 1).
   static bool tuning_enabled();
@@ -47,7 +51,7 @@ class Gemm {
     float heuristic_us = 0.f; // median time of the heuristic's first choice
   };
   // The tuner's result for a shape, if it was tuned.
-  const TuneResult* tune_result(int rows, int in, int out, bool y_f32) const;
+  const TuneResult* tune_result(int rows, int in, int out, bool y_f32, bool accumulate = false) const;
 
  private:
   struct Plan {
@@ -57,16 +61,16 @@ class Gemm {
     TuneResult tune;  // candidates > 0: tuned
   };
   const Plan& plan(const __nv_bfloat16* x, const __nv_bfloat16* w, void* y, int rows, int in, int out, bool y_f32,
-                   cudaStream_t stream, bool tune);
+                   bool accumulate, cudaStream_t stream, bool tune);
   void tune_plan(Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, const __nv_bfloat16* x,
-                 const __nv_bfloat16* w, void* y, cudaStream_t stream);
+                 const __nv_bfloat16* w, const void* c, void* y, float beta, cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_;
   size_t workspace_bytes_;
   void* l2_flush_;
   size_t l2_flush_bytes_;
-  std::map<std::tuple<int, int, int, bool>, Plan> plans_;
+  std::map<std::tuple<int, int, int, bool, bool>, Plan> plans_;
 };
 
 }  // namespace mpserve::backend::cuda

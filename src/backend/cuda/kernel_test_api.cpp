@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <limits>
 #include <memory>
+#include <stdexcept>
 
 #include "backend/cuda/activation.cuh"
 #include "backend/cuda/attention.cuh"
@@ -91,18 +92,17 @@ bool gpu_available() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
-std::vector<float> add_rms_norm(std::vector<float>& residual, const std::vector<float>& delta,
-                                const std::vector<float>& weight, const std::vector<int32_t>& row_index, int rows,
-                                int hidden, float eps) {
-  std::unique_ptr<Dev<float>> res(up_f32(residual));
-  std::unique_ptr<Dev<float>> del(delta.empty() ? nullptr : up_f32(delta));
+std::vector<float> rms_norm(const std::vector<float>& x, const std::vector<float>& weight,
+                            const std::vector<int32_t>& row_index, int rows, int hidden, float eps,
+                            bool* x_unchanged) {
+  std::unique_ptr<Dev<float>> dx(up_f32(x));
   auto w = up_bf16(weight);
   auto idx = row_index.empty() ? nullptr : up_i32(row_index);
   const int out_rows = row_index.empty() ? rows : static_cast<int>(row_index.size());
   Dev<__nv_bfloat16> out(size_t(out_rows) * size_t(hidden));
   out.poison();
-  cuda::add_rms_norm(res->p, del ? del->p : nullptr, w->p, out.p, idx ? idx->p : nullptr, out_rows, hidden, eps, 0);
-  residual = down_f32(*res);
+  cuda::rms_norm(dx->p, w->p, out.p, idx ? idx->p : nullptr, out_rows, hidden, eps, 0);
+  if (x_unchanged != nullptr) *x_unchanged = down_f32(*dx) == x;
   return down_bf16(out);
 }
 
@@ -124,21 +124,25 @@ std::vector<float> embed(const std::vector<float>& table, const std::vector<int3
 }
 
 std::vector<float> linear(const std::vector<float>& x, const std::vector<float>& w, int rows, int in, int out,
-                          bool tune, int* candidates) {
+                          bool tune, int* candidates, const std::vector<float>* y0) {
   auto dx = up_bf16(x);
   auto dw = up_bf16(w);
   Dev<float> y(size_t(rows) * size_t(out));
   y.poison();
+  if (y0 != nullptr) {
+    if (y0->size() != y.n) throw std::invalid_argument("linear: y0 is not rows x out");
+    CUDA_CHECK(cudaMemcpy(y.p, y0->data(), y.n * sizeof(float), cudaMemcpyHostToDevice));
+  }
   Dev<unsigned char> ws(size_t{4} << 20);
   int l2_bytes = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
   Dev<unsigned char> flush(tune ? size_t(std::max(l2_bytes, 1)) : 1);  // the L2's size, as gemm.h asks
   {
     Gemm g(ws.p, ws.n, tune ? flush.p : nullptr, tune ? flush.n : 0);
-    g.linear(dx->p, dw->p, y.p, true, rows, in, out, 0, tune);
+    g.linear(dx->p, dw->p, y.p, true, rows, in, out, 0, tune, /*accumulate=*/y0 != nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     if (candidates != nullptr) {
-      const Gemm::TuneResult* r = g.tune_result(rows, in, out, true);
+      const Gemm::TuneResult* r = g.tune_result(rows, in, out, true, y0 != nullptr);
       *candidates = r != nullptr ? r->candidates : 0;
     }
   }
@@ -514,12 +518,12 @@ GemvBench layer_chain_bench(bool fused, int rows, int hidden, int q_dim, int kv_
   Dev<__nv_bfloat16> w_qkv(n_qkv * layers), w_o(n_o * layers), w_gu(n_gu * layers), w_down(n_down * layers);
   Dev<__nv_bfloat16> norm1(size_t(h) * layers), norm2(size_t(h) * layers);
   fill(w_qkv, 0x3A), fill(w_o, 0x3A), fill(w_gu, 0x3A), fill(w_down, 0x3A), fill(norm1, 0x3F), fill(norm2, 0x3F);
-  // Activations: residual, delta f32 (rows, h); hnorm bf16 (rows, h); qkv f32 (rows, qkv); attn
-  // bf16 (rows, q) stands in for attention's output; gate_up bf16 (rows, 2I); act bf16 (rows, I).
-  Dev<float> residual(size_t(rows) * h), delta(size_t(rows) * h), qkv_out(size_t(rows) * qkv);
+  // Activations: residual f32 (rows, h); hnorm bf16 (rows, h); qkv f32 (rows, qkv); attn bf16
+  // (rows, q) stands in for attention's output; gate_up bf16 (rows, 2I); act bf16 (rows, I).
+  Dev<float> residual(size_t(rows) * h), qkv_out(size_t(rows) * qkv);
   Dev<__nv_bfloat16> hnorm(size_t(rows) * h), attn(size_t(rows) * q_dim), gate_up(size_t(rows) * 2 * inter),
       act(size_t(rows) * inter);
-  fill(residual, 0x3A), fill(delta, 0), fill(attn, 0x3A), fill(act, 0x3A);
+  fill(residual, 0x3A), fill(attn, 0x3A), fill(act, 0x3A);
   Dev<unsigned char> ws(fused ? 0 : kBenchWorkspaceBytes);
   std::unique_ptr<Gemm> gemm = fused ? nullptr : std::make_unique<Gemm>(ws.p, ws.n);
   const float eps = 1e-6f;
@@ -549,13 +553,13 @@ GemvBench layer_chain_bench(bool fused, int rows, int hidden, int q_dim, int kv_
         call(residual.p, n2, wg, act.p, h, inter, GemvIn::kRmsNorm, GemvOut::kSwiGlu);
         call(act.p, nullptr, wd, residual.p, inter, h, GemvIn::kBf16, GemvOut::kAddF32);
       } else {
-        cuda::add_rms_norm(residual.p, l > 0 ? delta.p : nullptr, n1, hnorm.p, nullptr, rows, h, eps, s);
+        cuda::rms_norm(residual.p, n1, hnorm.p, nullptr, rows, h, eps, s);
         gemm->linear(hnorm.p, wq, qkv_out.p, true, rows, h, qkv, s);
-        gemm->linear(attn.p, wo, delta.p, true, rows, q_dim, h, s);
-        cuda::add_rms_norm(residual.p, delta.p, n2, hnorm.p, nullptr, rows, h, eps, s);
+        gemm->linear(attn.p, wo, residual.p, true, rows, q_dim, h, s, false, /*accumulate=*/true);
+        cuda::rms_norm(residual.p, n2, hnorm.p, nullptr, rows, h, eps, s);
         gemm->linear(hnorm.p, wg, gate_up.p, false, rows, h, 2 * inter, s);
         cuda::silu_mul(gate_up.p, act.p, rows, inter, s);
-        gemm->linear(act.p, wd, delta.p, true, rows, inter, h, s);
+        gemm->linear(act.p, wd, residual.p, true, rows, inter, h, s, false, /*accumulate=*/true);
       }
     }
   };

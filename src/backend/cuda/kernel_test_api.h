@@ -12,20 +12,23 @@ namespace mpserve::backend::cuda::test_api {
 // True when a CUDA device is usable.
 bool gpu_available();
 
-// residual (rows, hidden) is updated in place; returns out (rows, hidden) as f32 of its bf16.
-// delta may be empty. row_index non-empty: gathered form, out has row_index.size() rows.
-std::vector<float> add_rms_norm(std::vector<float>& residual, const std::vector<float>& delta,
-                                const std::vector<float>& weight, const std::vector<int32_t>& row_index, int rows,
-                                int hidden, float eps);
+// Returns out (rows, hidden) as f32 of its bf16. row_index non-empty: gathered form, out has
+// row_index.size() rows. *x_unchanged (when given): x read back from the device after the
+// kernel equals x.
+std::vector<float> rms_norm(const std::vector<float>& x, const std::vector<float>& weight,
+                            const std::vector<int32_t>& row_index, int rows, int hidden, float eps,
+                            bool* x_unchanged = nullptr);
 
 std::vector<float> silu_mul(const std::vector<float>& gate_up, int rows, int inter);
 
 std::vector<float> embed(const std::vector<float>& table, const std::vector<int32_t>& ids, int vocab, int hidden);
 
 // y (rows, out) = x . w^T via cuBLASLt; f32 output. tune: the Gemm times its candidates first
-// (gemm.h); *candidates (when given) is how many it timed, 0 when it did not tune.
+// (gemm.h); *candidates (when given) is how many it timed, 0 when it did not tune. y0 (when
+// given, (rows, out)): y starts as y0 and the GEMM accumulates into it (Gemm::linear's
+// `accumulate`), the tuner included.
 std::vector<float> linear(const std::vector<float>& x, const std::vector<float>& w, int rows, int in, int out,
-                          bool tune = false, int* candidates = nullptr);
+                          bool tune = false, int* candidates = nullptr, const std::vector<float>* y0 = nullptr);
 
 struct QkvRopeOut {
   std::vector<float> q;        // (T, Q)
@@ -104,13 +107,13 @@ struct GemvBench {
 // A CUDA graph of launches rotating over weight copies (>= 256 MiB in all: no copy stays in L2),
 // replayed `repeats` times after a warm-up; median, min and max of the time per launch.
 // grid > 0 forces the number of blocks. mma: the tensor-core decode linear instead (bn / split
-// > 0 force its plan; kRmsNorm modes include its add_rms_norm launch).
+// > 0 force its plan; kRmsNorm modes include its rms_norm launch).
 GemvBench gemv_bench(GemvMode mode, bool cublas, int rows, int in, int out, int repeats, int n_tiles = 0,
                      int warps = 0, int grid = 0, bool mma = false, int bn = 0, int split = 0);
 
 // `layers` decoder layers without attention, captured in one CUDA graph, each with its own
 // weights: fused (RMSNorm+qkv GEMV, o GEMV+add, RMSNorm+gate_up+SwiGLU GEMV, down GEMV+add: 4
-// launches) or cuBLASLt (add_rms_norm, qkv, o, add_rms_norm, gate_up, silu_mul, down: 7 launches).
+// launches) or cuBLASLt (rms_norm, qkv, o + residual, rms_norm, gate_up, silu_mul, down + residual: 7 launches).
 // Median (min, max) time per layer over `repeats` replays. mma (with fused): the four linears on
 // the tensor-core decode linears (mma_linear.cuh; 6 launches with the two norms).
 GemvBench layer_chain_bench(bool fused, int rows, int hidden, int q_dim, int kv_dim, int inter, int layers,

@@ -457,7 +457,7 @@ void launch_kernel_plan(K* kernel, int threads, size_t smem, const GemvArgs& a, 
                         cudaStream_t stream, const Extra&... extra) {
   resident_blocks(reinterpret_cast<const void*>(kernel), threads, smem);  // raises the smem limit once
   // note: the largest shared memory: the stages take 72-96 KiB a block, and the kernel's
-  // neighbours are its add_rms_norm and other tensor-core linears.
+  // neighbours are its rms_norm and other tensor-core linears.
   const dim3 cluster(p.split);
   LaunchOptions opt;
   opt.cluster = p.split > 1 ? &cluster : nullptr;
@@ -562,7 +562,7 @@ MmaLinearPlan mma_linear_plan(const GemvArgs& a, GemvOut out_mode, int bn, int s
   return p;
 }
 
-// note: the norm launch before a linear triggers the linear's launch at its start (add_rms_norm's
+// note: the norm launch before a linear triggers the linear's launch at its start (rms_norm's
 // `early`) only ahead of the mma.sync kernel on hidden sizes up to 1536. Measured on an H200 against
 // the trigger after the norm's wait (docs/results/cuda_backend.md, fifteenth session): 0.5B and 1.5B
 // steps of 12-16 rows 0.7-3.8% shorter; 3B mixed (16 x 512 +3%, 32 x 128 -2%, 12 x 128 even); ahead
@@ -578,8 +578,8 @@ void mma_linear(const GemvArgs& a, GemvIn in_mode, GemvOut out_mode, cudaStream_
                    p.split <= kMaxSplit && p.grid == tiles * p.split);
   if (in_mode == GemvIn::kRmsNorm) {
     CUDA_SHAPE_CHECK(a.x_norm != nullptr && a.in % 4 == 0);
-    add_rms_norm(static_cast<float*>(const_cast<void*>(a.x)), nullptr, a.norm_w, a.x_norm, nullptr, a.rows, a.in,
-                 a.eps, stream, /*early=*/!p.wgmma && a.in <= kEarlyNormMaxHidden);
+    rms_norm(static_cast<const float*>(a.x), a.norm_w, a.x_norm, nullptr, a.rows, a.in, a.eps, stream,
+             /*early=*/!p.wgmma && a.in <= kEarlyNormMaxHidden);
     b.x = a.x_norm;
   }
   by_out(out_mode, [&]<GemvOut OUT>() { dispatch<OUT>(b, p, stream); });

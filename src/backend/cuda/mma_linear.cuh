@@ -7,7 +7,7 @@
 // A block computes a (rows padded to 16) x BN tile of y over a run of `in`; the `split` blocks
 // of a tile form a thread-block cluster along `in` and add their partial tiles through
 // distributed shared memory in a fixed order, so each output has one writer and the result is
-// deterministic. kRmsNorm first launches add_rms_norm into a.x_norm (bf16 (rows, in) scratch).
+// deterministic. kRmsNorm first launches rms_norm into a.x_norm (bf16 (rows, in) scratch).
 #pragma once
 
 #include <cuda_runtime.h>

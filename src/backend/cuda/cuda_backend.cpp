@@ -522,8 +522,8 @@ Status CudaBackend::init() {
 // (prefill, larger decode batches) runs cuBLASLt GEMMs, with o and down accumulating into the
 // residual themselves (beta = 1), so the norms only normalise.
 // note: measured on an H200 against o and down writing an f32 delta that the next norm added
-// (docs/results/cuda_backend.md, sixteenth session): 7B 256-row decode steps -1.0 to -1.1%,
-// prefill about +1% tokens/s on every model, 0.5B-3B 256-row steps within the run-to-run spread.
+// (docs/results/cuda_backend.md, sixteenth session): decode steps -1.1 to -1.8% (0.5B, 1.5B at 256
+// rows), -0.7 to -1.6% (7B at 16-256 rows), 0 to -0.5% (3B at 256 rows); prefill +1 to +2.7%.
 void CudaBackend::forward(const StepShape& s) {
   const int h = static_cast<int>(c_.hidden_size), q = static_cast<int>(c_.q_dim()), k = static_cast<int>(c_.kv_dim());
   const int in = static_cast<int>(c_.intermediate_size), v = static_cast<int>(c_.vocab_size);

@@ -679,8 +679,7 @@ void CudaBackend::forward(const StepShape& s) {
               mma_small_lm_head_);
     mark("final_norm_lm_head_gemv");
   } else {
-    rms_norm(residual_, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled,
-                 h, eps, stream_);
+    rms_norm(residual_, final_norm_, final_h_, dev<int32_t>(L.sample_rows), s.sampled, h, eps, stream_);
     mark("rms_norm");
     gemm_->linear(final_h_, lm_head_, logits_, true, s.sampled, h, v, stream_, s.decode);
     mark("lm_head_gemm");

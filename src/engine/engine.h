@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <boost/container/small_vector.hpp>
+
 #include "backend/backend.h"
 #include "common/status.h"
 #include "tokenizer/tokenizer.h"
@@ -44,9 +46,13 @@ struct GenerationRequest {
 };
 
 // What one step produced for one request.
+// A step's new token ids: decode steps give one a sequence (a few more after a spec/jump), so
+// they live inline and handing them out allocates nothing.
+using TokenIds = boost::container::small_vector<int32_t, 4>;
+
 struct RequestOutput {
   uint64_t request_id = 0;
-  std::vector<int32_t> new_tokens;
+  TokenIds new_tokens;
   std::string new_text;                 // UTF-8 complete; held back while it may start a stop string
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;

@@ -74,7 +74,7 @@ struct Sequence {
   StopStringMatcher stop_matcher;
 
   // Output of the current step, handed to the caller and cleared by the engine.
-  std::vector<int32_t> out_tokens;
+  TokenIds out_tokens;
   std::string out_text;
   std::vector<float> out_logits;
 

@@ -45,13 +45,13 @@ struct GenerationRequest {
   bool want_logits = false;             // tests: keep the logits of every sampled position
 };
 
-// What one step produced for one request.
 // A step's new token ids for one request. A decode step adds one, so up to 4 live inline and
 // handing an output over allocates nothing (more spill to the heap). Measured: at batch 256 the
 // per-sequence vector was ~13% of the engine's host time (docs/results/cuda_backend.md,
 // sixteenth session).
 using TokenIds = boost::container::small_vector<int32_t, 4>;
 
+// What one step produced for one request.
 struct RequestOutput {
   uint64_t request_id = 0;
   TokenIds new_tokens;

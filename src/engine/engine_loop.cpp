@@ -93,10 +93,16 @@ void EngineLoop::run() {
     }
     if (draining && !engine_->has_unfinished()) break;
 
-    if (engine_->has_unfinished()) deliver(engine_->step());
+    std::vector<RequestOutput> outputs;
+    if (engine_->has_unfinished()) outputs = engine_->step();
+    // The snapshot goes out before the outputs, so a caller that has seen an output never reads
+    // stats from before the step that produced it.
     EngineStats s = engine_->stats();
-    std::lock_guard<std::mutex> lk(mu_);
-    stats_ = s;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_ = s;
+    }
+    deliver(std::move(outputs));
   }
   std::lock_guard<std::mutex> lk(mu_);
   stats_ = engine_->stats();

@@ -40,7 +40,8 @@ class EngineLoop {
   // Thread-safe. The request's callback then gets a final output with kAborted (unless it
   // finished first). Unknown ids are ignored.
   void abort(uint64_t request_id);
-  // Thread-safe snapshot, refreshed after every step.
+  // Thread-safe snapshot, refreshed after every step and before that step's outputs reach their
+  // callbacks: a caller that has seen an output never reads stats from before it.
   EngineStats stats() const;
   // Thread-safe. Refuses new requests, lets running ones finish until `deadline`, aborts what
   // is left, and joins the engine thread. Idempotent; must not be called from a callback.

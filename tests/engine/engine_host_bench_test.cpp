@@ -6,6 +6,13 @@
 //   build/test_engine --gtest_also_run_disabled_tests --gtest_filter='*EngineHostBench*'
 // One parseable line per setting and batch: BENCH kernel=engine_host setting=... batch=... us_per_step=... (median of 5
 // runs of 64 decode steps each, after the prefill steps).
+// A profile of the measured decode steps alone (not the engine's construction and prefill): start
+// perf disabled with control fifos and name them here; the bench enables it around each measured
+// loop and waits for perf's ack, e.g.
+//   mkfifo /tmp/ctl /tmp/ack
+//   MPSERVE_PERF_CTL=/tmp/ctl MPSERVE_PERF_ACK=/tmp/ack perf record -D -1 --control=fifo:/tmp/ctl,/tmp/ack
+//     build/test_engine --gtest_also_run_disabled_tests --gtest_filter='*EngineHostBench*'
+// MPSERVE_HOST_BENCH_SETTING=the|random_h200_pool runs one setting only.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +21,7 @@
 #include <cstdlib>
 #include <memory>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #include "backend/backend.h"
@@ -50,6 +58,22 @@ class NullBackend : public backend::Backend {
   std::uniform_int_distribution<int32_t> pick_;
 };
 
+// Tells a perf started with --control fifos (see the top) to start or stop counting, and waits
+// for its ack so that no sample of the other side lands in the profile. No-op without them.
+void perf_control(const char* command) {
+  const char* ctl = std::getenv("MPSERVE_PERF_CTL");
+  const char* ack = std::getenv("MPSERVE_PERF_ACK");
+  if (!ctl || !ack) return;
+  std::FILE* c = std::fopen(ctl, "w");
+  std::FILE* a = c ? std::fopen(ack, "r") : nullptr;
+  ASSERT_TRUE(c && a) << "cannot open the perf control fifos " << ctl << ", " << ack;
+  std::fputs(command, c);
+  std::fclose(c);
+  char reply[8] = {};
+  ASSERT_EQ(std::fread(reply, 1, 5, a), 5u) << "no ack from perf";
+  std::fclose(a);
+}
+
 TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
   const char* dir = std::getenv("MPSERVE_TOKENIZER_DIR");
   if (!dir) GTEST_SKIP() << "MPSERVE_TOKENIZER_DIR not set";
@@ -65,9 +89,11 @@ TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
     int32_t token;       // -1: random tokens
     int32_t kv_blocks;   // 0: just enough for the batch
   };
+  const char* only = std::getenv("MPSERVE_HOST_BENCH_SETTING");
   for (const Setting& set : {Setting{"the", the, 0}, Setting{"random_h200_pool", -1, 676254}})
   for (bool async : {false, true})
   for (int batch : {64, 256}) {
+    if (only && std::string_view(only) != set.name) continue;
     std::vector<double> us;
     for (int run = 0; run < kRuns; ++run) {
       EngineOptions o;
@@ -90,10 +116,12 @@ TEST(EngineHostBench, DISABLED_decode_step_host_cost) {
       }
       // Prefill (chunked: 2048 tokens a step) and a few decode steps, so every sequence decodes.
       for (int s = 0; s < batch * kPrompt / 2048 + 4; ++s) eng.step();
+      perf_control("enable\n");
       const auto t0 = std::chrono::steady_clock::now();
       size_t outs = 0;
       for (int s = 0; s < kDecodeSteps; ++s) outs += eng.step().size();
       const auto t1 = std::chrono::steady_clock::now();
+      perf_control("disable\n");
       EXPECT_EQ(outs, size_t(batch) * kDecodeSteps);  // every sequence progressed every step
       us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / kDecodeSteps);
     }

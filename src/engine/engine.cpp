@@ -22,6 +22,7 @@
 #include "engine/block_manager.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
+#include "tokenizer/token_piece_table.h"
 
 namespace mpserve::engine {
 
@@ -336,10 +337,10 @@ void Engine::Impl::post_process(const StepPlan& plan, const backend::StepOutput&
                 result.tokens.size(), num_sampled);
   const size_t vocab = plan.want_logits && num_sampled > 0 ? result.logits.size() / num_sampled : 0;
   outputs->reserve(outputs->size() + num_sampled);
-  // note: each sampled token's bytes are a random read into a table of the whole vocabulary, a
+  // note: each sampled token's piece is a random read into a table of the whole vocabulary, a
   // cache miss per sequence that the detokenizer would take one after the other; these reads are
   // independent, so issued here together they overlap (EngineHostBench, random tokens).
-  for (const int32_t token : result.tokens) __builtin_prefetch(tok.token_bytes(token).data());
+  tok.piece_table().touch(result.tokens);
   size_t k = 0;
   for (size_t i = 0; i < plan.scheduled.size(); ++i) {
     const ScheduledSeq& s = plan.scheduled[i];

@@ -3,6 +3,7 @@
 // The output is exactly what decode() of all ids pushed so far returns, cut at character
 // boundaries: ill-formed bytes become U+FFFD by the same maximal-subpart rule (utf8.h), and
 // only a trailing sequence that could still become valid is held back.
+#include "tokenizer/token_piece_table.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
@@ -38,7 +39,7 @@ size_t drain(std::string_view s, std::string* out, bool end_of_stream) {
 }  // namespace
 
 IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tok, bool skip_special_tokens)
-    : tok_(tok), skip_special_(skip_special_tokens) {}
+    : pieces_(tok.piece_table()), skip_special_(skip_special_tokens) {}
 
 std::string IncrementalDetokenizer::push(int32_t id) {
   std::string out;
@@ -47,13 +48,17 @@ std::string IncrementalDetokenizer::push(int32_t id) {
 }
 
 void IncrementalDetokenizer::push_to(int32_t id, std::string* out) {
-  if (skip_special_ && tok_.is_special(id)) return;
-  const std::string_view bytes = tok_.token_bytes(id);
+  const TokenPieceTable::Piece p = pieces_.get(id);
+  if (skip_special_ && p.special) return;
   if (pending_.empty()) {  // nothing held back: decode the token's bytes in place
-    pending_.assign(bytes.substr(drain(bytes, out, /*end_of_stream=*/false)));
+    if (p.complete) {
+      out->append(p.bytes);
+      return;
+    }
+    pending_.assign(p.bytes.substr(drain(p.bytes, out, /*end_of_stream=*/false)));
     return;
   }
-  pending_ += bytes;
+  pending_ += p.bytes;
   pending_.erase(0, drain(pending_, out, /*end_of_stream=*/false));
 }
 

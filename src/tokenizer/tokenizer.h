@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,9 +14,12 @@
 
 namespace mpserve::tokenizer {
 
+class TokenPieceTable;
+
 class Tokenizer {
  public:
-  virtual ~Tokenizer() = default;
+  Tokenizer();
+  virtual ~Tokenizer();
 
   // Loads DIR/tokenizer.json (and DIR/tokenizer_config.json for chat template and special tokens).
   static Result<std::unique_ptr<Tokenizer>> load(const std::filesystem::path& dir);
@@ -40,6 +44,15 @@ class Tokenizer {
   virtual std::optional<int32_t> bos_token_id() const = 0;
   // Which chat template the model uses: "chatml" or "llama3" (from tokenizer_config.json).
   virtual std::string chat_template_kind() const = 0;
+
+  // Every id's bytes packed for the streaming decoder (token_piece_table.h). Built from the
+  // virtual accessors above on first use (thread-safe); load() and from_json() build it up front,
+  // so the first request does not pay for it.
+  const TokenPieceTable& piece_table() const;
+
+ private:
+  mutable std::once_flag piece_table_once_;
+  mutable std::unique_ptr<const TokenPieceTable> piece_table_;
 };
 
 // Streaming decode: push ids one at a time, receive text that is always complete UTF-8.
@@ -55,7 +68,7 @@ class IncrementalDetokenizer {
   std::string flush();
 
  private:
-  const Tokenizer& tok_;
+  const TokenPieceTable& pieces_;
   bool skip_special_;
   std::string pending_;
 };

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "tokenizer/byte_level.h"
+#include "tokenizer/token_piece_table.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 #include "tokenizer_test_util.h"
@@ -85,6 +86,50 @@ TEST(TokenizerDetokenizer, random_id_streams_match_full_decode) {
       id = rng() % 3 ? byte_id(*tok, static_cast<uint8_t>(rng() & 0xFF)) : static_cast<int32_t>(rng() % 151669);
     }
     const bool skip = iter % 2 == 0;
+    ASSERT_EQ(stream(*tok, ids, skip), tok->decode(ids, skip)) << "iteration " << iter;
+  }
+}
+
+// The packed table the detokenizer reads holds, for every id, what the tokenizer says: its bytes
+// (inline up to 14, else out of line), whether it is special, and whether its bytes are whole UTF-8.
+TEST(TokenizerDetokenizer, piece_table_agrees_with_the_tokenizer_for_every_id) {
+  const Tokenizer* tok = qwen();
+  ASSERT_NE(tok, nullptr);
+  const TokenPieceTable& table = tok->piece_table();
+  EXPECT_EQ(&table, &tok->piece_table());  // built once
+  ASSERT_EQ(table.size(), tok->vocab_size());
+  int longs = 0, specials = 0, partial = 0;
+  for (int32_t id = 0; id < tok->vocab_size(); ++id) {
+    const TokenPieceTable::Piece p = table.get(id);
+    ASSERT_EQ(p.bytes, tok->token_bytes(id)) << "id " << id;
+    ASSERT_EQ(p.special, tok->is_special(id)) << "id " << id;
+    ASSERT_EQ(p.complete, utf8_is_valid(p.bytes)) << "id " << id;
+    longs += p.bytes.size() > 14;
+    specials += p.special;
+    partial += !p.complete;
+  }
+  // Qwen's vocabulary has all three kinds, so every branch above was taken.
+  EXPECT_GT(longs, 100);
+  EXPECT_GT(specials, 10);
+  EXPECT_GT(partial, 1000);
+  const std::vector<int32_t> bad = {-1, tok->vocab_size(), 1 << 30};
+  for (int32_t id : bad) {
+    const TokenPieceTable::Piece p = table.get(id);
+    EXPECT_TRUE(p.bytes.empty() && !p.special && p.complete) << "id " << id;
+  }
+  table.touch(bad);  // skips them: no read outside the table (ASan would say)
+}
+
+// Streams of arbitrary vocabulary ids (whole characters, partial ones and specials mixed, the way
+// a random-weight model samples) decode exactly as decode() of the whole stream.
+TEST(TokenizerDetokenizer, random_vocabulary_streams_match_full_decode) {
+  const Tokenizer* tok = qwen();
+  ASSERT_NE(tok, nullptr);
+  std::mt19937 rng(7);
+  for (int iter = 0; iter < 200; ++iter) {
+    std::vector<int32_t> ids(1 + rng() % 64);
+    for (int32_t& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(tok->vocab_size()));
+    const bool skip = iter % 2 == 1;
     ASSERT_EQ(stream(*tok, ids, skip), tok->decode(ids, skip)) << "iteration " << iter;
   }
 }

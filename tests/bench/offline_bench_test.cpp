@@ -105,12 +105,16 @@ OfflineBenchResult run(bool async, int hiccup_at_decode_launch = 0) {
 // A decode step takes 4 ms on the "device" in both modes: under async scheduling the call that
 // waits for the last prefill step (200 ms) launches the first all-decode step, and must not be
 // counted as a decode step (it was, and made the async figure look slower than the sync one). The
-// bounds leave ~20 ms per step for a loaded machine; counting that call gives over 30 ms.
+// bounds leave ~20 ms per step for a loaded machine; counting that call gives over 30 ms. The lower
+// bound catches counting calls that collect nothing (~0 ms); it is not 4 ms because on an
+// oversubscribed machine the uncounted call's sleep until the prefill step ends can wake more than
+// 4 ms late, when the first decode step has already finished behind it: that step then reads ~0 ms
+// and the mean of 5 about 3.2 ms (seen with three busy loops beside ctest -j2 on two cores).
 TEST(OfflineBench, decode_step_time_is_the_decode_steps_in_sync_and_async_mode) {
   for (bool async : {false, true}) {
     SCOPED_TRACE(async ? "async" : "sync");
     const OfflineBenchResult r = run(async);
-    EXPECT_GT(r.decode_step_ms, 3.5);
+    EXPECT_GT(r.decode_step_ms, 2.0);
     EXPECT_LT(r.decode_step_ms, 25.0);
     EXPECT_GT(r.decode_tok_s, 0.0);
     // The host gap between collecting a step and launching the next is reported in async mode

@@ -19,23 +19,18 @@ BpeTokenizer::BpeTokenizer(BpeModel model, PreTokenizer pre_tokenizer, bool nfc,
   size_t n = model_.tokens().size();
   for (const AddedToken& t : added) n = std::max(n, static_cast<size_t>(t.id) + 1);
   std::vector<std::string> bytes(n);
-  special_.assign(n, false);
+  std::vector<bool> special(n, false);
   for (size_t id = 0; id < model_.tokens().size(); ++id) bytes[id] = byte_level_to_bytes(model_.tokens()[id]);
   // note: added tokens are plain text, not byte-level strings, so their bytes are their content
   // (this also overrides a vocabulary entry with the same id, as HF's added vocabulary does).
   for (const AddedToken& t : added) {
     bytes[t.id] = t.content;
-    special_[t.id] = t.special;
+    special[t.id] = t.special;
     added_ids_.emplace(t.content, t.id);
   }
-  // One contiguous table: the detokenizer reads a random token per sequence and step, and at
-  // batch 256 a string object per id (then its heap bytes) was two cache misses per token.
-  byte_offsets_.reserve(n + 1);
-  byte_offsets_.push_back(0);
-  for (const std::string& b : bytes) {
-    byte_blob_ += b;
-    byte_offsets_.push_back(static_cast<uint32_t>(byte_blob_.size()));
-  }
+  // One packed table (token_piece_table.h): the detokenizer reads a random token per sequence and
+  // step, and at batch 256 a string object per id (then its heap bytes) was two cache misses per token.
+  pieces_ = TokenPieceTable(bytes, special);
 }
 
 std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
@@ -69,17 +64,14 @@ std::string BpeTokenizer::decode(const std::vector<int32_t>& ids, bool skip_spec
   for (int32_t id : ids) {
     // Unknown ids are skipped, as HF's decode skips ids it has no token for.
     if (id < 0 || id >= vocab_size()) continue;
-    if (skip_special_tokens && special_[id]) continue;
-    raw += token_bytes(id);
+    const TokenPieceTable::Piece p = pieces_.get(id);
+    if (skip_special_tokens && p.special) continue;
+    raw += p.bytes;
   }
   return utf8_is_valid(raw) ? raw : utf8_lossy(raw);
 }
 
-std::string_view BpeTokenizer::token_bytes(int32_t id) const {
-  if (id < 0 || id >= vocab_size()) return {};
-  const uint32_t begin = byte_offsets_[size_t(id)], end = byte_offsets_[size_t(id) + 1];
-  return std::string_view(byte_blob_.data() + begin, end - begin);
-}
+std::string_view BpeTokenizer::token_bytes(int32_t id) const { return pieces_.get(id).bytes; }
 
 std::optional<int32_t> BpeTokenizer::token_to_id(std::string_view token) const {
   if (const auto it = added_ids_.find(std::string(token)); it != added_ids_.end()) return it->second;
@@ -87,8 +79,6 @@ std::optional<int32_t> BpeTokenizer::token_to_id(std::string_view token) const {
   return std::nullopt;
 }
 
-bool BpeTokenizer::is_special(int32_t id) const {
-  return id >= 0 && static_cast<size_t>(id) < special_.size() && special_[id];
-}
+bool BpeTokenizer::is_special(int32_t id) const { return pieces_.get(id).special; }
 
 }  // namespace mpserve::tokenizer

@@ -10,6 +10,7 @@
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe_model.h"
 #include "tokenizer/pre_tokenizer.h"
+#include "tokenizer/token_piece_table.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mpserve::tokenizer {
@@ -29,12 +30,13 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const override;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
   std::string_view token_bytes(int32_t id) const override;
-  int32_t vocab_size() const override { return static_cast<int32_t>(byte_offsets_.size()) - 1; }
+  int32_t vocab_size() const override { return pieces_.size(); }
   std::optional<int32_t> token_to_id(std::string_view token) const override;
   bool is_special(int32_t id) const override;
   std::optional<int32_t> eos_token_id() const override { return config_.eos_id; }
   std::optional<int32_t> bos_token_id() const override { return config_.bos_id; }
   std::string chat_template_kind() const override { return config_.chat_template_kind; }
+  const TokenPieceTable& piece_table() const override { return pieces_; }
 
   // The config refers to tokens by name, so it is resolved after construction.
   void set_config(TokenizerConfig config) { config_ = std::move(config); }
@@ -45,10 +47,9 @@ class BpeTokenizer final : public Tokenizer {
   bool nfc_;
   AddedTokenMatcher added_matcher_;
   std::unordered_map<std::string, int32_t> added_ids_;  // added token content -> id
-  // id -> raw bytes (added tokens: their content): byte_blob_[byte_offsets_[id], byte_offsets_[id + 1])
-  std::string byte_blob_;
-  std::vector<uint32_t> byte_offsets_;
-  std::vector<bool> special_;                           // id -> added token with special = true
+  // id -> raw bytes (added tokens: their content) and whether it is an added token with
+  // special = true: the one copy decode(), token_bytes() and the streaming decoder all read.
+  TokenPieceTable pieces_;
   TokenizerConfig config_;
 };
 

@@ -8,24 +8,32 @@
 
 namespace mpserve::tokenizer {
 
+TokenPieceTable::TokenPieceTable(const std::vector<std::string>& bytes, const std::vector<bool>& special) {
+  entries_.resize(bytes.size());
+  for (size_t id = 0; id < bytes.size(); ++id) {
+    set(static_cast<int32_t>(id), bytes[id], id < special.size() && special[id]);
+  }
+}
+
 TokenPieceTable::TokenPieceTable(const Tokenizer& tok) {
   const int32_t n = tok.vocab_size();
   MPS_CHECK_MSG(n >= 0, "vocab_size {}", n);
   entries_.resize(static_cast<size_t>(n));
-  for (int32_t id = 0; id < n; ++id) {
-    const std::string_view b = tok.token_bytes(id);
-    Entry& e = entries_[static_cast<size_t>(id)];
-    e.flags = static_cast<uint8_t>((tok.is_special(id) ? kSpecial : 0) | (utf8_is_valid(b) ? kComplete : 0));
-    if (b.size() <= kInline) {
-      e.len = static_cast<uint8_t>(b.size());
-      std::memcpy(e.bytes, b.data(), b.size());
-    } else {
-      MPS_CHECK_MSG(long_bytes_.size() + b.size() <= UINT32_MAX, "token bytes exceed 4 GiB");
-      const uint32_t where[2] = {static_cast<uint32_t>(long_bytes_.size()), static_cast<uint32_t>(b.size())};
-      e.flags |= kLong;
-      std::memcpy(e.bytes, where, sizeof where);
-      long_bytes_.append(b);
-    }
+  for (int32_t id = 0; id < n; ++id) set(id, tok.token_bytes(id), tok.is_special(id));
+}
+
+void TokenPieceTable::set(int32_t id, std::string_view b, bool special) {
+  Entry& e = entries_[static_cast<size_t>(id)];
+  e.flags = static_cast<uint8_t>((special ? kSpecial : 0) | (utf8_is_valid(b) ? kComplete : 0));
+  if (b.size() <= kInline) {
+    e.len = static_cast<uint8_t>(b.size());
+    std::memcpy(e.bytes, b.data(), b.size());
+  } else {
+    MPS_CHECK_MSG(long_bytes_.size() + b.size() <= UINT32_MAX, "token bytes exceed 4 GiB");
+    const uint32_t where[2] = {static_cast<uint32_t>(long_bytes_.size()), static_cast<uint32_t>(b.size())};
+    e.flags |= kLong;
+    std::memcpy(e.bytes, where, sizeof where);
+    long_bytes_.append(b);
   }
 }
 

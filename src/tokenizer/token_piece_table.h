@@ -28,6 +28,9 @@ class TokenPieceTable {
     bool complete = true;    // bytes are entirely well-formed UTF-8 (true for empty)
   };
 
+  TokenPieceTable() = default;
+  // One entry per id: bytes[id], and special[id] (ids past special's end are not special).
+  TokenPieceTable(const std::vector<std::string>& bytes, const std::vector<bool>& special);
   // Reads every id of tok once (token_bytes, is_special).
   explicit TokenPieceTable(const Tokenizer& tok);
 
@@ -71,6 +74,8 @@ class TokenPieceTable {
     char bytes[kInline] = {};  // the bytes, or (kLong) two uint32: offset and length in long_bytes_
   };
   static_assert(sizeof(Entry) == 16);
+
+  void set(int32_t id, std::string_view bytes, bool special);
 
   std::vector<Entry> entries_;
   std::string long_bytes_;  // bytes of the tokens longer than kInline

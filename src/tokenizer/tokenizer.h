@@ -45,10 +45,10 @@ class Tokenizer {
   // Which chat template the model uses: "chatml" or "llama3" (from tokenizer_config.json).
   virtual std::string chat_template_kind() const = 0;
 
-  // Every id's bytes packed for the streaming decoder (token_piece_table.h). Built from the
-  // virtual accessors above on first use (thread-safe); load() and from_json() build it up front,
-  // so the first request does not pay for it.
-  const TokenPieceTable& piece_table() const;
+  // Every id's bytes packed for the streaming decoder (token_piece_table.h). By default built from
+  // the accessors above on first use (thread-safe); the tokenizer that load() and from_json()
+  // return keeps its bytes in one, built with it.
+  virtual const TokenPieceTable& piece_table() const;
 
  private:
   mutable std::once_flag piece_table_once_;

@@ -132,7 +132,6 @@ Result<std::unique_ptr<Tokenizer>> build(std::string_view tokenizer_json, std::s
   // Without a chat template, Llama 3's header token in the vocabulary still tells the format.
   if (!has_template && tok->token_to_id("<|start_header_id|>")) cfg.chat_template_kind = "llama3";
   tok->set_config(std::move(cfg));
-  tok->piece_table();
   return std::unique_ptr<Tokenizer>(std::move(tok));
 }
 

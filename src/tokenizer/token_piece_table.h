@@ -7,7 +7,7 @@
 // Here each id has one 16-byte entry holding its bytes (up to 14 inline), whether it is a
 // special token, and whether its bytes are whole, well-formed UTF-8 (then a decoder with nothing
 // held back appends them as they are, without scanning): one cache line, and an address known
-// from the id alone, so the engine can prefetch a step's entries together.
+// from the id alone, so the engine can load a step's entries together (touch()).
 #pragma once
 
 #include <cstdint>

@@ -73,11 +73,8 @@ const Gemm::Plan& Gemm::plan(const __nv_bfloat16* x, const __nv_bfloat16* w, voi
   if (found == 0) cuda_check_failed("cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, "no algorithm");
   p.algo = results[0].algo;
   if (timed && found > 1) {
-    if (accumulate) {
-      tune_plan(p, results, found, x, w, y, l2_flush_, 1.f, stream);
-    } else {
-      tune_plan(p, results, found, x, w, y, y, 0.f, stream);
-    }
+    // An accumulating shape reads y as C and writes its timed runs into the scratch.
+    tune_plan(p, results, found, x, w, /*c=*/y, /*y=*/accumulate ? l2_flush_ : y, accumulate ? 1.f : 0.f, stream);
     log::debug("gemm: rows={} in={} out={} {}{}: tuned {} candidates, chose #{} {:.1f} us (heuristic's first "
                "{:.1f} us)",
                rows, in, out, y_f32 ? "f32" : "bf16", accumulate ? " +=" : "", p.tune.candidates, p.tune.chosen,

@@ -10,7 +10,8 @@
 # Environment: SET (ncu section set, default full), NCU, NCU_TIMEOUT (default 400 s); backend
 # variables (MPSERVE_CUDA_*) pass through to the bench.
 # ncu intercepts every launch of the run (the ceilings pass, the GEMM tuner, every prefill step),
-# not only the profiled ones: 3B 64 x 512 takes about 4 minutes, 3B 256 x 512 did not finish in 9.
+# not only the profiled ones: 3B 64 x 512 and then 3B 256 x 512 in one 590-s call, the second did
+# not finish. Keep the batch and the prompt small.
 # Writes $OUT/ncu_<model>_b<batch>.ncu-rep and its details page (.details.txt), and prints each
 # launch's throughputs, occupancy and stall summary.
 set -uo pipefail

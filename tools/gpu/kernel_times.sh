@@ -14,17 +14,13 @@ LEN=${4:-512}
 STEPS=${STEPS:-6}
 OUT=${OUT:-/tmp/kernel-times}
 NCU=${NCU:-/usr/local/cuda/bin/ncu}
-# With chunked prefill (2048 tokens a step) the first sequences finish up to TAIL steps before
-# the last: those last steps run fewer rows and are left out of the median.
-TAIL=$(( BATCH * LEN / 2048 ))
+# The last TAIL steps (ncu_decode_bench.sh) run fewer rows and are left out of the median.
+source "$(dirname "$0")/ncu_decode_bench.sh"
 mkdir -p "$OUT"
 csv="$OUT/ncu_$(basename "$MODEL")_b$BATCH.csv"
-# note: --warmup 0 and a short output keep the profiled launches few; the ceilings pass of bench
-# offline is profiled too and skipped below (steps are found by the argmax kernel that ends them).
-timeout "${NCU_TIMEOUT:-300}" "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
-  --csv --log-file "$csv" "$PACK/mpserve" bench offline --model "$MODEL" --device cuda --max-num-seqs $(( BATCH > 8 ? BATCH : 8 )) \
-  --max-num-batched-tokens 2048 --max-model-len $((LEN + 64 + TAIL)) --batch "$BATCH" --input-len "$LEN" \
-  --output-len $((STEPS + 4 + TAIL)) --repeats 1 --warmup 0 >"$OUT/ncu_bench.log" 2>&1
+# The ceilings pass is profiled too and skipped below (steps are found by the argmax kernel that ends them).
+NCU_TIMEOUT=${NCU_TIMEOUT:-300} ncu_decode_bench "$OUT/ncu_bench.log" $(( STEPS + 4 )) \
+  --metrics gpu__time_duration.sum --csv --log-file "$csv"
 echo "ncu exit code $? (csv: $csv)"
 python3 - "$csv" "$STEPS" "$TAIL" <<'PY'
 import csv, re, statistics, sys

@@ -26,12 +26,9 @@ OUT=${OUT:-/tmp/ncu-kernels}
 NCU=${NCU:-/usr/local/cuda/bin/ncu}
 mkdir -p "$OUT"
 rep="$OUT/ncu_$(basename "$MODEL")_b$BATCH"
-TAIL=$(( BATCH * LEN / 2048 ))
-timeout "${NCU_TIMEOUT:-400}" "$NCU" --clock-control none --cache-control none --set "${SET:-full}" \
-  --kernel-name "regex:$KERNEL" --launch-skip "$SKIP" --launch-count "$COUNT" -f -o "$rep" \
-  "$PACK/mpserve" bench offline --model "$MODEL" --device cuda --max-num-seqs $(( BATCH > 8 ? BATCH : 8 )) \
-  --max-num-batched-tokens 2048 --max-model-len $(( LEN + 64 + TAIL )) --batch "$BATCH" --input-len "$LEN" \
-  --output-len $(( 8 + TAIL )) --repeats 1 --warmup 0 >"$OUT/ncu_bench.log" 2>&1
+source "$(dirname "$0")/ncu_decode_bench.sh"
+ncu_decode_bench "$OUT/ncu_bench.log" 8 --set "${SET:-full}" --kernel-name "regex:$KERNEL" --launch-skip "$SKIP" \
+  --launch-count "$COUNT" -f -o "$rep"
 echo "ncu exit code $? (report: $rep.ncu-rep)"
 "$NCU" --import "$rep.ncu-rep" --page details --print-units base >"$rep.details.txt" 2>&1
 # The throughput summary of every launch; the whole page is in the .details.txt beside the report.
